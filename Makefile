@@ -1,0 +1,45 @@
+# One-command setup and checks. `make install` is idempotent: it only redoes work
+# when a requirements file changed. `make test` is what CI runs (.ci/run).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APT_PKGS := pkg-config libturbojpeg0-dev libopencv-dev
+# Numba's on-disk cache: compiled kernels survive between runs of the suite and the demo.
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+
+.PHONY: install sysdeps test demo clean
+
+install: $(STAMP)
+
+# ffcv compiles a C extension against libturbojpeg and OpenCV, found through pkg-config.
+sysdeps:
+	@if pkg-config --exists libturbojpeg 2>/dev/null && \
+	    (pkg-config --exists opencv4 2>/dev/null || pkg-config --exists opencv 2>/dev/null); then \
+	  exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "ffcv needs pkg-config, libturbojpeg and OpenCV headers, and this is not a Debian/Ubuntu"; \
+	  echo "machine: install them with your package manager, or use the conda route (environment.yml)."; \
+	  exit 1; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "ffcv needs system packages. Run this, then 'make install' again:"; \
+	  echo "  sudo apt-get update && sudo apt-get install -y $(APT_PKGS)"; \
+	  exit 1; fi; \
+	echo "Installing $(APT_PKGS) with apt-get"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null
+
+# torch goes in first and alone: with torch==2.13.0 already present, nothing later
+# can make pip resolve another (CUDA) build of it.
+$(STAMP): requirements.txt requirements-dev.txt | sysdeps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q $$(grep -E '^torch==' requirements.txt)
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -c "import ffcv, fastargs, numba, torch, torchmetrics; print('installed: torch', torch.__version__, '| numba', numba.__version__)"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache
