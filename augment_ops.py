@@ -8,8 +8,10 @@ and `tests/test_augment_ops.py` checks every case of ../shared/golden against it
 
 Layout: one small in-place kernel per op, a table `OPS` (name -> kernel), one numba
 dispatcher `apply_op_inplace` that the FFCV RandAugment operation calls per image, and
-`apply_op` for Python callers. Images are uint8 HxWx3; kernels write their result into
-`img` and may use `scratch` (same shape) as work space; nothing image-sized is allocated.
+`apply_op` for Python callers. Images are C-contiguous uint8 HxWx3 (the kernels loop over
+the flat array, which is what lets LLVM vectorise them); kernels write their result into
+`img` and may use `scratch` (same shape) as work space. Nothing image-sized is allocated
+per call, only small tables (a LUT, one row of source offsets).
 
 Reference quirks reproduced by default (RECIPE.md, "RandAugment as big_vision runs it"):
 - Solarize: the threshold is a uint8 in TF, so 256 (magnitude 10) wraps to 0 and every
@@ -33,6 +35,7 @@ Run `python augment_ops.py --golden` for the per-op match table against the refe
 import argparse
 import json
 import math
+import numbers
 import sys
 import time
 
@@ -79,7 +82,7 @@ def _fma32(typingctx, a, b, c):
 @_jit
 def _to_u8(t):
     """TF's clip_by_value(t, 0, 255) then cast to uint8 (truncation toward zero)."""
-    return np.uint8(min(max(t, np.float32(0.0)), np.float32(255.0)))
+    return np.uint8(np.int32(min(max(t, np.float32(0.0)), np.float32(255.0))))
 
 
 @_jit
@@ -106,6 +109,14 @@ def _blend_const(img, deg, factor):
     a = img.reshape(-1)
     for i in range(a.size):
         a[i] = _to_u8(d + f * (np.float32(a[i]) - d))
+
+
+@_jit
+def _copy(dst, src):
+    """dst[:] = src for flat arrays; an explicit loop is ~15x faster than numba's slice
+    assignment, which goes through its generic (overlap-checking) array copy."""
+    for i in range(dst.size):
+        dst[i] = src[i]
 
 
 @_jit
@@ -152,18 +163,42 @@ def _stretch(lo, hi):
 
 
 @_jit
+def _histograms(a):
+    """Per-channel 256-bin histograms of a flat HxWx3 image, as int64[3, 256]. Even and
+    odd pixels count into separate tables, which roughly halves the stalls of repeated
+    increments of one bin (neighbouring pixels are often equal)."""
+    sub = np.zeros((6, 256), np.int32)
+    s0, s1, s2, s3, s4, s5 = sub[0], sub[1], sub[2], sub[3], sub[4], sub[5]
+    n = a.size // 3
+    for q in range(n // 2):
+        p = 6 * q
+        s0[a[p]] += 1
+        s1[a[p + 1]] += 1
+        s2[a[p + 2]] += 1
+        s3[a[p + 3]] += 1
+        s4[a[p + 4]] += 1
+        s5[a[p + 5]] += 1
+    hist = np.zeros((3, 256), np.int64)
+    for v in range(256):
+        hist[0, v] = s0[v] + s3[v]
+        hist[1, v] = s1[v] + s4[v]
+        hist[2, v] = s2[v] + s5[v]
+    if n % 2:
+        p = 3 * (n - 1)
+        hist[0, a[p]] += 1
+        hist[1, a[p + 1]] += 1
+        hist[2, a[p + 2]] += 1
+    return hist
+
+
+@_jit
 def equalize(img):
     """PIL's equalize per channel, in integers exactly as the reference:
     step = (sum(hist) - hist[last non-empty bin]) // 255; step 0 leaves the channel;
     lut = (cumsum(hist) + step // 2) // step shifted right one bin, clipped to 255."""
     a = img.reshape(-1)
-    hist = np.zeros((3, 256), np.int64)
     n = a.size // 3
-    h0, h1, h2 = hist[0], hist[1], hist[2]
-    for p in range(n):
-        h0[a[3 * p]] += 1
-        h1[a[3 * p + 1]] += 1
-        h2[a[3 * p + 2]] += 1
+    hist = _histograms(a)
     lut = np.empty((3, 256), np.uint8)
     for c in range(3):
         last = 0
@@ -273,26 +308,30 @@ def sharpness(img, scratch, factor):
     f = np.float32(factor)
     dst = img.reshape(-1)
     src = scratch.reshape(-1)
-    src[:] = dst
+    _copy(src, dst)
     row = 3 * w
-    # Row views and zero-based indices let LLVM drop numba's negative-index checks and
-    # vectorise the loop (8 fused multiply-adds at a time).
     for y in range(1, h - 1):
         o = y * row
-        up, md, dn = src[o - row:o], src[o:o + row], src[o + row:o + 2 * row]
-        out = dst[o + 3:o + row - 3]
-        for x in range(row - 6):
-            acc = np.float32(up[x]) * k1
-            acc = _fma32(np.float32(up[x + 3]), k1, acc)
-            acc = _fma32(np.float32(up[x + 6]), k1, acc)
-            acc = _fma32(np.float32(md[x]), k1, acc)
-            acc = _fma32(np.float32(md[x + 3]), k5, acc)
-            acc = _fma32(np.float32(md[x + 6]), k1, acc)
-            acc = _fma32(np.float32(dn[x]), k1, acc)
-            acc = _fma32(np.float32(dn[x + 3]), k1, acc)
-            acc = _fma32(np.float32(dn[x + 6]), k1, acc)
-            d = np.float32(_to_u8(acc))
-            out[x] = _to_u8(d + f * (np.float32(md[x + 3]) - d))
+        _smooth_row(src[o - row:o], src[o:o + row], src[o + row:o + 2 * row],
+                    dst[o + 3:o + row - 3], k1, k5, f)
+
+
+@_jit
+def _smooth_row(up, md, dn, out, k1, k5, f):
+    """One interior row of Sharpness. Zero-based indices and uint8 inputs: in this form
+    LLVM drops numba's negative-index checks and vectorises (8 fmas at a time)."""
+    for x in range(out.size):
+        acc = np.float32(up[x]) * k1
+        acc = _fma32(np.float32(up[x + 3]), k1, acc)
+        acc = _fma32(np.float32(up[x + 6]), k1, acc)
+        acc = _fma32(np.float32(md[x]), k1, acc)
+        acc = _fma32(np.float32(md[x + 3]), k5, acc)
+        acc = _fma32(np.float32(md[x + 6]), k1, acc)
+        acc = _fma32(np.float32(dn[x]), k1, acc)
+        acc = _fma32(np.float32(dn[x + 3]), k1, acc)
+        acc = _fma32(np.float32(dn[x + 6]), k1, acc)
+        d = np.float32(_to_u8(acc))
+        out[x] = _to_u8(d + f * (np.float32(md[x + 3]) - d))
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -323,18 +362,52 @@ def _gather_row(out, src, idx):
 
 
 @_jit
+def _copy_runs(out, src, idx):
+    """_gather_row for maps made of long runs (translations, ShearX): copies each run of
+    consecutive source pixels, and fills each run of outside pixels, in one tight loop."""
+    n = idx.size
+    x = 0
+    while x < n:
+        k = idx[x]
+        x1 = x + 1
+        if k < 0:
+            while x1 < n and idx[x1] < 0:
+                x1 += 1
+            f = out[3 * x:3 * x1]  # zero-based loops let LLVM drop negative-index checks
+            for j in range(f.size):
+                f[j] = FILL
+        else:
+            while x1 < n and idx[x1] == idx[x1 - 1] + 3:
+                x1 += 1
+            o = out[3 * x:3 * x1]
+            i = src[k:k + 3 * (x1 - x)]
+            for j in range(o.size):
+                o[j] = i[j]
+        x = x1
+
+
+@_jit
+def _column_map(idx, tx, ay, t2):
+    """idx[x] = 3 * round((tx[x] + ay) + t2), or -1 where that is outside the row."""
+    w = idx.size
+    for x in range(w):
+        sx, ok = _round_inside((tx[x] + ay) + t2, w)
+        idx[x] = np.int32(3) * sx if ok else np.int32(-1)
+
+
+@_jit
 def _warp_nearest(img, scratch, t0, t1, t2, t3, t4, t5):
     """tfa.image.transform with NEAREST interpolation and fill 128: output pixel (x, y)
     reads input (round(t0 x + t1 y + t2), round(t3 x + t4 y + t5)), each product and sum
     in float32 in that order, rounding half away from zero; outside the image -> 128.
     Products with x are tabulated per column and those with y hoisted per row: the same
-    float32 values, so the same result. When t1 = t3 = 0 (translations) the map is
-    separable and the column offsets are computed once."""
+    float32 values, so the same result. When t3 = 0 (ShearX, translations) each output
+    row reads one source row, mostly in long runs that are copied as blocks."""
     h, w = img.shape[0], img.shape[1]
     row = 3 * w
     dst = img.reshape(-1)
     src = scratch.reshape(-1)
-    src[:] = dst
+    _copy(src, dst)
     tx = np.empty(w, np.float32)
     ty = np.empty(w, np.float32)
     idx = np.empty(w, np.int32)  # flat source offsets: images stay below 2**31 bytes
@@ -342,17 +415,19 @@ def _warp_nearest(img, scratch, t0, t1, t2, t3, t4, t5):
     for x in range(w):
         tx[x] = t0 * np.float32(x)
         ty[x] = t3 * np.float32(x)
-    if t1 == 0 and t3 == 0:
-        for x in range(w):
-            sx, ok = _round_inside((tx[x] + np.float32(0.0)) + t2, w)
-            idx[x] = np.int32(3) * sx if ok else np.int32(-1)
+    if t3 == 0:
+        _column_map(idx, tx, np.float32(0.0), t2)  # every row's map when t1 == 0
         for y in range(h):
+            ay = t1 * np.float32(y)
             sy, ok = _round_inside((np.float32(0.0) + t4 * np.float32(y)) + t5, h)
             out = dst[y * row:(y + 1) * row]
-            if ok:
-                _gather_row(out, src[sy * row:(sy + 1) * row], idx)
-            else:
-                out[:] = FILL
+            if not ok:
+                for j in range(row):
+                    out[j] = FILL
+                continue
+            if t1 != 0:
+                _column_map(idx, tx, ay, t2)
+            _copy_runs(out, src[sy * row:(sy + 1) * row], idx)
         return
     for y in range(h):
         ay = t1 * np.float32(y)
@@ -436,10 +511,11 @@ assert tuple(OPS) == OP_NAMES
 @_jit
 def apply_op_inplace(img, scratch, op_index, arg, cy, cx, fixed=False):
     """Apply op `op_index` (position in OP_NAMES) with its argument `arg` (as returned by
-    level_to_arg) to `img` in place; `scratch` is a work buffer of img's shape.
+    level_to_arg) to `img` in place; `scratch` is a work buffer of img's shape; both
+    C-contiguous uint8 HxWx3 (numba refuses other layouts at compile time).
     (cy, cx) is Cutout's centre (ignored by the other ops); `fixed` selects the corrected
-    Contrast (see the module docstring). Numba-callable; pass op_index/cy/cx as int64 and
-    arg as float64 to share one compiled specialisation."""
+    Contrast (see the module docstring). Numba-callable; pass op_index/cy/cx as int64,
+    arg as float64 and fixed as bool to share one compiled specialisation."""
     if op_index == AUTOCONTRAST:
         autocontrast(img)
     elif op_index == EQUALIZE:
@@ -511,12 +587,15 @@ def apply_op(image, name, *args, center=None, fixed=False, rng=None):
     level mapping and sign, as in ../shared/golden/README.md: Rotate(-30.0),
     Posterize(4), Solarize(256), Color(1.9), Cutout(40), ...). Cutout's centre (cy, cx)
     comes from `center=` or a second positional argument, else it is drawn uniformly
-    with numpy (`rng`, a np.random.Generator, or the global default one)."""
+    with numpy (`rng`, a np.random.Generator, else a fresh default_rng())."""
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         raise ValueError(f"apply_op: image must be a uint8 numpy array, got "
                          f"{type(image).__name__} {getattr(image, 'dtype', '')}")
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"apply_op: image must be HxWx3 (RGB), got shape {image.shape}")
+    if image.size >= 2 ** 31:
+        raise ValueError(f"apply_op: image {image.shape} is too large (the kernels use "
+                         f"int32 offsets, below 2**31 bytes)")
     if name not in OP_INDEX:
         raise ValueError(f"apply_op: unknown op {name!r}; known ops: {', '.join(OP_NAMES)}")
     op = OP_INDEX[name]
@@ -524,6 +603,8 @@ def apply_op(image, name, *args, center=None, fixed=False, rng=None):
         args, center = args[:1], args[1]
     if len(args) != NUM_ARGS[op]:
         raise ValueError(f"apply_op: {name} takes {NUM_ARGS[op]} argument(s), got {len(args)}")
+    if args and (not isinstance(args[0], numbers.Real) or isinstance(args[0], bool)):
+        raise ValueError(f"apply_op: {name} argument must be a number, got {args[0]!r}")
     arg = float(args[0]) if args else 0.0
     if not math.isfinite(arg):
         raise ValueError(f"apply_op: {name} argument must be finite, got {args[0]!r}")
