@@ -38,6 +38,7 @@ import math
 import numbers
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from llvmlite import ir
@@ -624,6 +625,10 @@ def apply_op(image, name, *args, center=None, fixed=False, rng=None):
 
 
 # ----------------------------------------------------------------------------- CLI
+GOLDEN_DEFAULT = Path(__file__).resolve().parent.parent / "shared" / "golden" / \
+    "randaug_bigvision.npz"
+
+
 def load_golden(path):
     """(index dict, npz) of the golden file; the index is {"images": [...], "cases": [...]}."""
     z = np.load(path)
@@ -682,7 +687,7 @@ def _bench(size=224, reps=100):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--golden", nargs="?", const="../shared/golden/randaug_bigvision.npz",
+    p.add_argument("--golden", nargs="?", const=str(GOLDEN_DEFAULT),
                    help="print the per-op match table against the golden npz")
     p.add_argument("--bench", action="store_true", help="print microseconds per op")
     a = p.parse_args(argv)

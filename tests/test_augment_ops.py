@@ -162,18 +162,22 @@ def test_level_to_arg_matches_the_golden_arguments(golden):
 
 
 def test_numba_callers_use_the_contract_signatures():
-    """apply_op_inplace (with and without `fixed`) and level_to_arg from other numba code."""
+    """level_to_arg and apply_op_inplace from other numba code, on the images of an NHWC
+    batch as the FFCV operation passes them: the contract's 6-argument call and the
+    7-argument one with `fixed`."""
     @njit
-    def run(img, scratch, op, magnitude):
+    def run(batch, scratch, op, magnitude):
         arg = A.level_to_arg(op, magnitude, True, False)
-        A.apply_op_inplace(img, scratch, op, arg, 10, 10)
+        A.apply_op_inplace(batch[0], scratch[0], op, arg, 10, 10)
+        A.apply_op_inplace(batch[1], scratch[1], op, arg, np.int64(10), np.int64(10), True)
         return arg
 
-    img = np.full((32, 48, 3), 200, np.uint8)
-    scratch = np.empty_like(img)
-    assert run(img, scratch, A.OP_INDEX["Rotate"], 10.0) == -30.0
-    assert (img == A.apply_op(np.full((32, 48, 3), 200, np.uint8), "Rotate", -30.0)).all()
-    assert (img == 128).any() and (img == 200).any()
+    batch = np.full((2, 32, 48, 3), 200, np.uint8)
+    scratch = np.empty_like(batch)
+    assert run(batch, scratch, A.OP_INDEX["Rotate"], 10.0) == -30.0
+    want = A.apply_op(np.full((32, 48, 3), 200, np.uint8), "Rotate", -30.0)
+    assert (batch[0] == want).all() and (batch[1] == want).all()
+    assert (want == 128).any() and (want == 200).any()
 
 
 # ------------------------------------------------------------------------- quirks, fixed
