@@ -1,0 +1,375 @@
+"""write_ffcv.py end to end: ImageFolder trees built from real photographs plus ImageNet's
+quirks (grayscale, CMYK, PNG named .JPEG, a 4096x3072 image, .DS_Store, a text file),
+converted with ffcv's real writer and read back with its Loader (real JPEG decoding).
+Images are 48x64 and the trees tiny so the whole file runs in well under a minute."""
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+import write_ffcv
+from write_ffcv import REAL_MAX, ConversionError, convert, minival_mask, read_sidecar
+
+ROOT = Path(__file__).resolve().parents[1]
+H, W = 48, 64                     # every test image, so SimpleRGBImageDecoder can batch them
+WNIDS = ['n01440764', 'n01443537', 'n01484850', 'n01491361']
+OPTS = dict(max_resolution=W, progress=False, num_workers=2)
+
+
+def crop(photos, k):
+    """The k-th distinct 48x64 crop of the real photographs (varied photo, offset, flip)."""
+    names = sorted(photos)
+    img = photos[names[k % len(names)]]
+    h, w = img.shape[:2]
+    s = 0.5 + 0.1 * (k // len(names) % 5)
+    ch, cw = int(h * s), int(w * s)
+    y, x = (k * 37) % (h - ch + 1), (k * 53) % (w - cw + 1)
+    out = img[y:y + ch, x:x + cw]
+    out = out[:, ::-1] if k // 40 % 2 else out
+    return np.asarray(Image.fromarray(np.ascontiguousarray(out)).resize((W, H), Image.BICUBIC))
+
+
+def decoded(path):
+    """What the converter must store for a source file (before any resize)."""
+    return np.asarray(Image.open(path).convert('RGB'))
+
+
+def key(img):
+    return hashlib.sha1(np.ascontiguousarray(img).tobytes()).hexdigest()
+
+
+def metadata(beton, field):
+    """One field's per-sample metadata as ffcv's Reader sees it (fields are unnamed there)."""
+    from ffcv.reader import Reader
+    reader = Reader(str(beton))
+    assert reader.field_names[:2] == ['image', 'label']
+    return reader.metadata[f'f{reader.field_names.index(field)}']
+
+
+def stored_raw(beton):
+    """(labels, images) read straight from the file for raw-mode betons: the stored bytes."""
+    image, data = metadata(beton, 'image'), np.fromfile(beton, np.uint8)
+    assert (image['mode'] == 1).all()
+    images = [data[m['data_ptr']:m['data_ptr'] + m['height'] * m['width'] * 3]
+              .reshape(m['height'], m['width'], 3) for m in image]
+    return metadata(beton, 'label').astype(int), images
+
+
+def load_all(beton, real=False):
+    """Every sample through ffcv's Loader, in file order."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.ndarray import NDArrayDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    pipes = {'image': [SimpleRGBImageDecoder()], 'label': [IntDecoder()]}
+    if real:
+        pipes['real'] = [NDArrayDecoder()]
+    loader = Loader(str(beton), batch_size=16, num_workers=2, order=OrderOption.SEQUENTIAL,
+                    drop_last=False, pipelines=pipes)
+    batches = [[np.array(x) for x in b] for b in loader]  # copy: ffcv reuses its buffers
+    return [np.concatenate(parts) for parts in zip(*batches)]
+
+
+@pytest.fixture(scope='module')
+def data(photos, tmp_path_factory):
+    """train/ (4 classes x 7 incl. quirks), val/ (12 images + real.json), v2/ (0..3)."""
+    root = tmp_path_factory.mktemp('imagenet')
+    k, expected = 0, {}                       # expected[path] = pixels the beton must hold
+    for c, wnid in enumerate(WNIDS):
+        folder = root / 'train' / wnid
+        folder.mkdir(parents=True)
+        for j in range(6):
+            Image.fromarray(crop(photos, k)).save(folder / f'{wnid}_{j}.JPEG', quality=95)
+            k += 1
+    train = root / 'train'
+    big = Image.fromarray(crop(photos, 100)).resize((64 * W, 64 * H), Image.BICUBIC)
+    big.save(train / WNIDS[0] / 'large.JPEG', quality=90)        # 4096x3072
+    Image.fromarray(crop(photos, 101)).convert('L').save(train / WNIDS[1] / 'gray.JPEG')
+    Image.fromarray(crop(photos, 102)).convert('CMYK').save(train / WNIDS[2] / 'cmyk.JPEG')
+    Image.fromarray(crop(photos, 103)).save(train / WNIDS[3] / 'png.JPEG', format='PNG')
+    (train / '.DS_Store').write_bytes(b'\0\0\0\1Bud1')
+    (train / WNIDS[0] / '.DS_Store').write_bytes(b'\0\0\0\1Bud1')
+    (train / WNIDS[1] / 'notes.txt').write_text('not an image')
+    for path in sorted(train.glob('*/*.JPEG')):
+        expected[path] = decoded(path)
+    expected[train / WNIDS[0] / 'large.JPEG'] = cv2.resize(
+        decoded(train / WNIDS[0] / 'large.JPEG'), (W, H), interpolation=cv2.INTER_AREA)
+
+    # val: file numbers shuffled across class folders, so file-name order != folder order
+    numbers, real, val_label = np.random.default_rng(0).permutation(12) + 1, [], {}
+    for i, n in enumerate(numbers):
+        path = root / 'val' / WNIDS[i % 4] / f'ILSVRC2012_val_{n:08d}.JPEG'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(crop(photos, 200 + i)).save(path, quality=95)
+        expected[path], val_label[path.name] = decoded(path), i % 4
+    for n in range(1, 13):                    # one set per image, in file-name order
+        lab = val_label[f'ILSVRC2012_val_{n:08d}.JPEG']
+        real.append([] if n % 4 == 0 else [lab] if n % 4 == 1 else [lab, (lab + n) % 4])
+    (root / 'real.json').write_text(json.dumps(real))
+
+    for c in range(4):
+        folder = root / 'v2' / str(c)
+        folder.mkdir(parents=True)
+        for j in range(2):
+            Image.fromarray(crop(photos, 300 + 2 * c + j)).save(folder / f'{j}.jpeg')
+            expected[folder / f'{j}.jpeg'] = decoded(folder / f'{j}.jpeg')
+    assert len({key(v) for v in expected.values()}) == len(expected), 'test images must differ'
+    return root, expected, real
+
+
+@pytest.fixture(scope='module')
+def betons(data, tmp_path_factory):
+    root, _, _ = data
+    out = tmp_path_factory.mktemp('betons')
+    convert(root / 'train', out / 'train.beton', 'train', write_mode='proportion',
+            compress_probability=0.5, jpeg_quality=95, chunk_size=4, **OPTS)
+    convert(root / 'train', out / 'train_1w.beton', 'train', write_mode='proportion',
+            compress_probability=0.5, jpeg_quality=95, **dict(OPTS, num_workers=1))
+    convert(root / 'train', out / 'minival.beton', 'minival', **OPTS)
+    convert(root / 'train', out / 'minival_1w.beton', 'minival',
+            **dict(OPTS, num_workers=1, chunk_size=1))
+    convert(root / 'val', out / 'val.beton', 'val', real_labels=root / 'real.json',
+            write_mode='jpg', jpeg_quality=90, **OPTS)
+    convert(root / 'v2', out / 'v2.beton', 'v2', classes_from=out / 'train.beton', **OPTS)
+    return out
+
+
+def test_sidecars(betons):
+    from ffcv.reader import Reader
+    for split, n, has_real in [('train', 24, False), ('minival', 4, False),
+                               ('val', 12, True), ('v2', 8, False)]:
+        meta = read_sidecar(betons / f'{split}.beton')
+        assert meta['classes'] == WNIDS, split       # v2 copied them from train
+        assert (meta['split'], meta['num_images'], meta['has_real']) == (split, n, has_real)
+        assert Reader(str(betons / f'{split}.beton')).num_samples == n
+        assert meta['skipped'] == [] and meta['settings']['max_resolution'] == W
+    assert read_sidecar(betons / 'val.beton.json')['settings']['write_mode'] == 'jpg'
+    assert read_sidecar(betons / 'minival.beton')['settings']['write_mode'] == 'raw'
+    assert not list(betons.glob('*tmp*'))
+
+
+@pytest.fixture(scope='module')
+def train_and_minival(data, betons):
+    """{split: [(source path, stored image, label)]}: train through the Loader, each image
+    matched to its source (bit-exact when stored raw, nearest within JPEG error else)."""
+    root, expected, _ = data
+    sources = [p for p in expected if p.parent.parent == root / 'train']
+    by_key = {key(expected[p]): p for p in sources}
+    images, labels = load_all(betons / 'train.beton')
+    modes = metadata(betons / 'train.beton', 'image')['mode']
+    assert 4 < (modes == 0).sum() < 20, 'proportion mode should JPEG-encode about half'
+    train = []
+    for img, lab, mode in zip(images, labels.ravel(), modes):
+        if mode == 1:
+            path = by_key[key(img)]
+        else:
+            errs = {p: np.abs(img.astype(int) - expected[p]).mean() for p in sources}
+            path = min(errs, key=errs.get)
+            assert errs[path] < 4, (path, errs[path])
+        train.append((path, img, lab))
+    labels, images = stored_raw(betons / 'minival.beton')
+    minival = [(by_key[key(img)], img, lab) for img, lab in zip(images, labels)]
+    return {'train': train, 'minival': minival, 'sources': sources}
+
+
+def test_train_and_minival_labels_disjoint_cover(train_and_minival, betons):
+    train, minival = train_and_minival['train'], train_and_minival['minival']
+    assert [lab for _, _, lab in train] == list(np.repeat(np.arange(4), 6))
+    assert [lab for _, _, lab in minival] == [0, 1, 2, 3]         # one per class here
+    for path, img, lab in train + minival:
+        assert path.parent.name == WNIDS[lab] and img.shape == (H, W, 3)
+    train_paths, held = {p for p, _, _ in train}, {p for p, _, _ in minival}
+    assert len(train_paths) == 24 and not train_paths & held
+    assert train_paths | held == set(train_and_minival['sources'])  # the whole folder
+    labels_1w, images_1w = stored_raw(betons / 'minival_1w.beton')  # 1 worker, chunks of 1
+    assert [key(x) for x in images_1w] == [key(x) for _, x, _ in minival]
+    # proportion mode's JPEG-or-raw coin is seeded per image, not per worker process
+    assert np.array_equal(metadata(betons / 'train.beton', 'image')['mode'],
+                          metadata(betons / 'train_1w.beton', 'image')['mode'])
+
+
+def test_quirks_stored_as_rgb(data, train_and_minival, photos):
+    root, expected, _ = data
+    stored = {p.name: img.astype(int) for p, img, _ in
+              train_and_minival['train'] + train_and_minival['minival']}
+    for name in ('large.JPEG', 'gray.JPEG', 'cmyk.JPEG', 'png.JPEG'):
+        want = expected[next(p for p in expected if p.name == name)]
+        assert np.abs(stored[name] - want).mean() < 4, name
+    assert np.abs(stored['gray.JPEG'][..., 0] - stored['gray.JPEG'][..., 2]).max() <= 3
+    # ... and the references are the right pictures: colours not inverted, the large image
+    # area-downscaled to the stored resolution, the PNG really a PNG
+    train = root / 'train'
+    assert Image.open(train / WNIDS[2] / 'cmyk.JPEG').mode == 'CMYK'
+    assert np.abs(stored['cmyk.JPEG'] - crop(photos, 102)).mean() < 8
+    assert Image.open(train / WNIDS[3] / 'png.JPEG').format == 'PNG'
+    assert Image.open(train / WNIDS[0] / 'large.JPEG').size == (64 * W, 64 * H)
+    assert np.abs(stored['large.JPEG'] - crop(photos, 100)).mean() < 8
+
+
+def test_minival_mask_counts_and_determinism():
+    rng = np.random.default_rng(1)
+    counts = rng.integers(700, 1301, size=50)
+    labels = np.repeat(np.arange(50), counts)
+    paths = [Path(f'n{c:08d}') / f'{i}.JPEG' for c, n in enumerate(counts) for i in range(n)]
+    mask = minival_mask(paths, labels, 0.01, seed=0)
+    assert mask.sum() == len(labels) - round(len(labels) * 0.99)   # TFDS's train[:99%]
+    per_class = np.bincount(labels[mask], minlength=50)
+    assert per_class.min() >= 7 and (np.abs(per_class - 0.01 * counts) < 1).all()
+    assert np.array_equal(mask, minival_mask(paths, labels, 0.01, seed=0))
+    assert not np.array_equal(mask, minival_mask(paths, labels, 0.01, seed=1))
+    tiny = minival_mask(paths[:3] + paths[counts[0]:counts[0] + 2],
+                        np.array([0, 0, 0, 1, 1]), 0.01, seed=0)
+    assert tiny.sum() == 2                                        # at least one per class
+
+
+def test_val_real_labels_round_trip(data, betons):
+    root, expected, real = data
+    images, labels, sets = load_all(betons / 'val.beton', real=True)
+    assert sets.shape == (12, REAL_MAX) and sets.dtype == np.int16
+    files = sorted((root / 'val').glob('*/*.JPEG'))               # folder order = beton order
+    for img, lab, row, path in zip(images, labels.ravel(), sets, files):
+        assert lab == WNIDS.index(path.parent.name)
+        want = real[int(path.stem.split('_')[-1]) - 1]
+        assert list(row[row >= 0]) == want and (row[len(want):] == -1).all()
+        assert np.abs(img.astype(int) - expected[path]).mean() < 6   # JPEG 90 round trip
+
+
+def test_v2_labels_are_folder_indices(data, betons):
+    root, expected, _ = data
+    images, labels = load_all(betons / 'v2.beton')
+    assert np.array_equal(labels.ravel(), [0, 0, 1, 1, 2, 2, 3, 3])
+    for img, path in zip(images, sorted((root / 'v2').glob('*/*.jpeg'))):
+        assert np.array_equal(img, expected[path])                # raw: exact
+
+
+def test_v2_without_class_list_sorts_numerically(photos, tmp_path):
+    for c in ('0', '2', '10'):
+        (tmp_path / 'v2' / c).mkdir(parents=True)
+        Image.fromarray(crop(photos, int(c))).save(tmp_path / 'v2' / c / 'a.jpeg')
+    meta = convert(tmp_path / 'v2', tmp_path / 'v2.beton', 'v2', **OPTS)
+    assert meta['classes'] == [str(i) for i in range(11)]
+    assert np.array_equal(stored_raw(tmp_path / 'v2.beton')[0], [0, 2, 10])
+
+
+def small_tree(photos, root, per_class=2):
+    for c in range(2):
+        (root / WNIDS[c]).mkdir(parents=True)
+        for j in range(per_class):
+            Image.fromarray(crop(photos, 10 * c + j)).save(root / WNIDS[c] / f'{c}{j}.JPEG')
+    return root
+
+
+def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
+    tree = small_tree(photos, tmp_path / 'in')
+    (tree / WNIDS[0] / 'garbage.JPEG').write_bytes(b'<html>not a jpeg</html>')
+    good = tree / WNIDS[1] / '10.JPEG'
+    (tree / WNIDS[1] / 'truncated.JPEG').write_bytes(good.read_bytes()[:300])
+    out = tmp_path / 'out' / 'val.beton'
+    with pytest.raises(ConversionError, match=r'garbage\.JPEG.*skip_bad=1') as err:
+        convert(tree, out, 'val', **OPTS)
+    assert 'truncated' not in str(err.value)   # fails fast: later images are not decoded
+    assert not list(out.parent.iterdir())                 # nothing left, not even temp files
+    meta = convert(tree, out, 'val', skip_bad=True, **OPTS)
+    assert meta['num_images'] == 4 and sorted(Path(p).name for p in meta['skipped']) == [
+        'garbage.JPEG', 'truncated.JPEG']
+    assert read_sidecar(out)['skipped'] == meta['skipped']
+    assert np.array_equal(stored_raw(out)[0], [0, 0, 1, 1])
+    assert sorted(p.name for p in out.parent.iterdir()) == ['val.beton', 'val.beton.json']
+
+
+def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch):
+    # a 2-D image makes ffcv's RGBImageField.encode raise inside a forked writer process
+    monkeypatch.setattr(write_ffcv, 'load_rgb', lambda path: np.zeros((4, 4), np.uint8))
+    out = tmp_path / 'out' / 'val.beton'
+    with pytest.raises(ConversionError, match='writer process died'):
+        convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
+    assert not list(out.parent.iterdir())
+    assert all(p.exitcode is not None for p in write_ffcv.WriterProcess.started)
+
+
+def test_existing_output_needs_overwrite(photos, tmp_path):
+    tree = small_tree(photos, tmp_path / 'in')
+    out = tmp_path / 'val.beton'
+    out.write_bytes(b'precious')
+    with pytest.raises(ConversionError, match='overwrite=1'):
+        convert(tree, out, 'val', **OPTS)
+    assert out.read_bytes() == b'precious'
+    convert(tree, out, 'val', overwrite=True, **OPTS)
+    assert read_sidecar(out)['num_images'] == 4
+
+
+@pytest.mark.parametrize('case', ['missing', 'empty', 'flat', 'empty_class', 'v2_names',
+                                  'one_image_class', 'real_length', 'real_too_long', 'real_dup_names',
+                                  'real_not_val', 'no_sidecar'])
+def test_bad_input_errors_name_the_problem(case, photos, tmp_path):
+    tree = small_tree(photos, tmp_path / 'in')
+    split, extra, match = 'val', {}, None
+    if case == 'missing':
+        tree, match = tmp_path / 'nope', 'nope: no such directory'
+    elif case == 'empty':
+        tree, match = tmp_path / 'empty', 'empty: no class folders'
+        tree.mkdir()
+    elif case == 'flat':
+        tree, match = tree / WNIDS[0], 'no class folders'
+    elif case == 'empty_class':
+        (tree / 'n09999999').mkdir()
+        (tree / 'n09999999' / '.DS_Store').write_bytes(b'x')
+        match = 'n09999999: class folder holds no images'
+    elif case == 'v2_names':
+        split, match = 'v2', f'{WNIDS[0]}: ImageNet-v2 class folders'
+    elif case == 'one_image_class':
+        (tree / WNIDS[1] / '11.JPEG').unlink()
+        split, match = 'train', f'{WNIDS[1]}: 1 image.*at least 2'
+    elif case in ('real_length', 'real_too_long'):
+        sets = [[0]] * 3 if case == 'real_length' else [[0]] * 3 + [[1] * (REAL_MAX + 1)]
+        (tmp_path / 'real.json').write_text(json.dumps(sets))
+        extra = {'real_labels': tmp_path / 'real.json'}
+        match = 'real.json: 3 label sets for 4 images' if case == 'real_length' else 'REAL_MAX'
+    elif case == 'real_dup_names':
+        (tree / WNIDS[1] / '10.JPEG').rename(tree / WNIDS[1] / '00.JPEG')
+        (tmp_path / 'real.json').write_text(json.dumps([[0]] * 4))
+        extra, match = {'real_labels': tmp_path / 'real.json'}, 'two images named 00.JPEG'
+    elif case == 'real_not_val':
+        split, extra, match = 'train', {'real_labels': 'real.json'}, 'split=val only'
+    elif case == 'no_sidecar':
+        extra, match = {'classes_from': tmp_path / 'train.beton'}, 'train.beton.json: sidecar'
+    out = tmp_path / 'out' / 'x.beton'
+    with pytest.raises(ConversionError, match=match):
+        convert(tree, out, split, **OPTS, **extra)
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / 'write_ffcv.py'), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_help_names_every_option():
+    result = run_cli('--help')
+    assert result.returncode == 0
+    for name in write_ffcv.DEFAULTS['train'].keys() | {'data_dir', 'write_path', 'split',
+                                                       'real_labels', 'classes_from', 'seed',
+                                                       'skip_bad', 'overwrite', 'num_workers'}:
+        assert f'cfg.{name}' in result.stdout, name
+
+
+def test_cli_converts_and_reports(data, betons, tmp_path):
+    root, _, _ = data
+    out = tmp_path / 'minival.beton'
+    result = run_cli(f'--cfg.data_dir={root / "train"}', f'--cfg.write_path={out}',
+                     '--cfg.split=minival', f'--cfg.max_resolution={W}', '--cfg.num_workers=1')
+    assert result.returncode == 0, result.stderr
+    assert 'minival: wrote 4 images' in result.stdout and 'img/s' in result.stderr
+    assert [key(x) for x in stored_raw(out)[1]] == [key(x) for x in
+                                                      stored_raw(betons / 'minival.beton')[1]]
+    result = run_cli('--cfg.data_dir=/nonexistent', f'--cfg.write_path={tmp_path / "v.beton"}',
+                     '--cfg.split=val')
+    assert result.returncode != 0 and '/nonexistent: no such directory' in result.stderr
+    result = run_cli('--cfg.data_dir=x', '--cfg.write_path=y', '--cfg.split=test')
+    assert result.returncode == 2 and '--cfg.split' in result.stderr

@@ -1,0 +1,383 @@
+"""Convert an ImageNet-style folder into an FFCV .beton plus a JSON sidecar.
+
+One run writes one split. Labels are the index of the class folder in sorted wnid order
+(v2: the folder name itself), identical in every split; the class list, split and storage
+settings go to `<write_path>.json`, which the trainer reads to check that its train and
+eval sets agree.
+
+  python write_ffcv.py --cfg.data_dir=IN/train --cfg.write_path=OUT/train.beton --cfg.split=train
+  python write_ffcv.py --cfg.data_dir=IN/train --cfg.write_path=OUT/minival.beton --cfg.split=minival
+  python write_ffcv.py --cfg.data_dir=IN/val --cfg.write_path=OUT/val.beton --cfg.split=val \\
+      --cfg.real_labels=real.json
+  python write_ffcv.py --cfg.data_dir=V2 --cfg.write_path=OUT/v2.beton --cfg.split=v2 \\
+      --cfg.classes_from=OUT/train.beton
+
+Images are decoded with PIL and converted to RGB (grayscale, CMYK, palette, PNG-as-JPEG),
+EXIF orientation is ignored as in the reference's TF decoder, and hidden or non-image
+files are skipped. Nothing appears at write_path unless the conversion finished.
+"""
+import _thread
+import argparse
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from fastargs import Param, Section, get_current_config
+from fastargs.validation import And, InRange, OneOf
+from PIL import Image
+
+REAL_MAX = 16          # longest ReaL label set we store ('real' field, padded with -1)
+SPLITS = ('train', 'minival', 'val', 'v2')
+IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
+# Storage defaults per kind of split (measurements: README "Converting ImageNet"). Train:
+# half the images raw (no decode cost), half re-encoded at JPEG 95 (47 dB from the source),
+# 512 px keeps typical ImageNet images (500x375) at native size. Eval sets are small and
+# read rarely: raw keeps their pixels exactly as decoded from the original files.
+DEFAULTS = {
+    'train': dict(max_resolution=512, write_mode='proportion', jpeg_quality=95,
+                  compress_probability=0.5, chunk_size=100),
+    'eval': dict(max_resolution=512, write_mode='raw', jpeg_quality=95,
+                 compress_probability=0.5, chunk_size=100),
+}
+
+Section('cfg', 'write_ffcv.py: an ImageNet-style folder to an FFCV .beton').params(
+    data_dir=Param(str, 'split folder laid out as <class>/<image> (v2: folders 0..999)',
+                   required=True),
+    write_path=Param(str, 'the .beton to write; the sidecar goes to <write_path>.json',
+                     required=True),
+    split=Param(And(str, OneOf(SPLITS)), 'train = 99% of every class of data_dir, minival ='
+                ' the held-out rest, val = every image, v2 = ImageNet-v2 layout',
+                required=True),
+    real_labels=Param(str, 'val only: ReaL real.json, stored as field "real"', default=''),
+    classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
+                       ' gives wnids instead of "0".."999"', default=''),
+    max_resolution=Param(And(int, InRange(16, 65535)), 'longest side stored, larger images'
+                         ' are area-downscaled (default 512)', default=None),
+    write_mode=Param(And(str, OneOf(['raw', 'jpg', 'proportion'])), 'raw pixels, JPEG, or'
+                     ' JPEG with compress_probability (default proportion for train, raw'
+                     ' for minival/val/v2)', default=None),
+    jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality (default 95)',
+                       default=None),
+    compress_probability=Param(And(float, InRange(0, 1)), 'share of JPEG images in'
+                               ' proportion mode (default 0.5)', default=None),
+    num_workers=Param(And(int, InRange(0, 1024)), 'writer processes, 0 = all cores',
+                      default=0),
+    chunk_size=Param(And(int, InRange(1, 100000)), 'images per work item (default 100)',
+                     default=None),
+    minival_fraction=Param(And(float, InRange(0, 0.5)), 'share of each class held out as'
+                           ' minival', default=0.01),
+    seed=Param(int, 'seed of the minival draw and of the proportion-mode coin', default=0),
+    skip_bad=Param(And(int, OneOf([0, 1])), '1: skip undecodable files and list them'
+                   ' (costs a second pass) instead of failing', default=0),
+    overwrite=Param(And(int, OneOf([0, 1])), '1: replace an existing write_path', default=0),
+)
+
+
+class ConversionError(Exception):
+    """Bad input or settings; the message names the path and what to do."""
+
+
+def read_sidecar(beton_path):
+    """The sidecar dict of `X.beton` (also accepts the `X.beton.json` path itself)."""
+    path = Path(str(beton_path) if str(beton_path).endswith('.json') else f'{beton_path}.json')
+    if not path.is_file():
+        raise ConversionError(f'{path}: sidecar not found. write_ffcv.py writes it next to '
+                              f'every .beton; convert the data again with write_ffcv.py.')
+    return json.loads(path.read_text())
+
+
+def load_rgb(path):
+    """Decode any image PIL reads (the content decides, not the suffix) to uint8 HxWx3."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert('RGB'))
+
+
+def scan(data_dir, split, classes=None):
+    """(paths, labels, classes, n_ignored) in ImageFolder order: by label, then file name."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise ConversionError(f'{root}: no such directory. Set --cfg.data_dir to a split folder '
+                              f'laid out as <class>/<image>, e.g. .../imagenet/train.')
+    folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith('.'))
+    if not folders:
+        raise ConversionError(f'{root}: no class folders. data_dir must hold one folder per '
+                              f'class (<class>/<image>), not the images themselves.')
+    if split == 'v2':
+        if not all(f.isdigit() for f in folders):
+            bad = next(f for f in folders if not f.isdigit())
+            raise ConversionError(f'{root / bad}: ImageNet-v2 class folders are named by class '
+                                  f'index 0..999. Use another split for wnid folders.')
+        label_of = {f: int(f) for f in folders}
+        classes = classes or [str(i) for i in range(max(label_of.values()) + 1)]
+        if max(label_of.values()) >= len(classes):
+            raise ConversionError(f'{root}: folder {max(label_of.values())} but the class list '
+                                  f'from classes_from has only {len(classes)} classes.')
+    else:
+        classes = classes or folders
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [f for f in folders if f not in index]
+        if unknown:
+            raise ConversionError(f'{root / unknown[0]}: class not in the classes_from list; '
+                                  f'pass the train .beton converted from the same ImageNet.')
+        label_of = {f: index[f] for f in folders}
+    paths, labels, ignored = [], [], 0
+    for folder in sorted(folders, key=label_of.get):
+        with os.scandir(root / folder) as entries:   # scandir: no stat per file
+            files = sorted(e.name for e in entries if e.is_file())
+        images = [root / folder / f for f in files if not f.startswith('.')
+                  and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise ConversionError(f'{root / folder}: class folder holds no images '
+                                  f'({"/".join(sorted(IMAGE_SUFFIXES))}). Restore its images '
+                                  f'or remove the folder.')
+        ignored += len(files) - len(images)
+        paths += images
+        labels += [label_of[folder]] * len(images)
+    return paths, np.array(labels, np.int64), list(classes), ignored
+
+
+def minival_mask(paths, labels, fraction, seed):
+    """True for the minival images: a seeded, deterministic share of every class.
+
+    The total is len - round(len * (1 - fraction)) (TFDS's train[:99%] count: 12,812 of
+    1,281,167), spread over classes by largest remainder, at least one per class; inside a
+    class the images with the smallest sha1(seed/class/name) are held out. A pure function
+    of the file list, so the worker count cannot change it."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = fraction * counts
+    take = np.maximum(1, np.floor(quota)).astype(int)
+    extra = len(labels) - round(len(labels) * (1 - fraction)) - take.sum()
+    for c in np.argsort(-(quota - np.floor(quota)), kind='stable')[:max(0, extra)]:
+        take[c] += 1
+    mask = np.zeros(len(labels), bool)
+    for c, k, n in zip(classes, take, counts):
+        if k >= n:
+            folder = paths[np.flatnonzero(labels == c)[0]].parent
+            raise ConversionError(f'{folder}: {n} image(s) cannot be split into train and '
+                                  f'minival; a class needs at least 2.')
+        members = np.flatnonzero(labels == c)
+        key = [hashlib.sha1(f'{seed}/{paths[i].parent.name}/{paths[i].name}'.encode()).digest()
+               for i in members]
+        mask[members[np.argsort(key, kind='stable')[:k]]] = True
+    return mask
+
+
+def real_sets(real_path, paths, num_classes):
+    """ReaL label sets as int16 [N, REAL_MAX] padded with -1; real.json lists one set per
+    val image in file-name order, whatever class folder the image sits in."""
+    try:
+        real = json.loads(Path(real_path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConversionError(f'{real_path}: cannot read ReaL labels ({err}). Pass real.json '
+                              f'from github.com/google-research/reassessed-imagenet.') from None
+    names = sorted(p.name for p in paths)
+    if len(set(names)) != len(names):
+        dup = next(a for a, b in zip(names, names[1:]) if a == b)
+        raise ConversionError(f'{paths[0].parent.parent}: two images named {dup}; ReaL labels '
+                              f'follow val file names, which must be unique.')
+    if not isinstance(real, list) or len(real) != len(paths):
+        count = len(real) if isinstance(real, list) else 'no list of'
+        raise ConversionError(f'{real_path}: {count} label sets for {len(paths)} images in '
+                              f'{paths[0].parent.parent}. real.json has one set per ImageNet val '
+                              f'image: convert the complete val folder with it.')
+    position = {name: i for i, name in enumerate(names)}
+    out = np.full((len(paths), REAL_MAX), -1, np.int16)
+    for i, path in enumerate(paths):
+        labels = real[position[path.name]]
+        if len(labels) > REAL_MAX or any(not 0 <= int(x) < num_classes for x in labels):
+            raise ConversionError(f'{real_path}: set {labels} for {path.name} is longer than '
+                                  f'REAL_MAX={REAL_MAX} or has labels outside 0..{num_classes-1}.')
+        out[i, :len(labels)] = labels
+    return out
+
+
+class ImageSet:
+    """The indexable dataset ffcv's writer reads in its worker processes.
+
+    It never raises: ffcv's writer waits forever for a worker that died. A file that cannot
+    be decoded becomes a 1x1 placeholder and is flagged in shared memory; unless skip_bad,
+    the first failure also makes every later item a placeholder so the run ends quickly.
+    Seeding numpy per item makes ffcv's proportion-mode coin a function of (seed, index).
+    Paths sit in one bytes array, not a list of objects, so that forked workers touching
+    them do not copy the parent's pages through reference counting."""
+
+    def __init__(self, paths, labels, reals, seed, skip_bad):
+        self.paths = np.array([os.fsencode(p) for p in paths])
+        self.labels, self.reals = labels, reals
+        self.seed, self.skip_bad = seed, skip_bad
+        self.bad = mp.RawArray('b', len(paths))
+        self.abort = mp.RawValue('b', 0)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        np.random.seed([self.seed, i])
+        image = np.zeros((1, 1, 3), np.uint8)
+        if not self.abort.value:
+            try:
+                image = load_rgb(os.fsdecode(self.paths[i]))
+            except Exception:
+                self.bad[i] = 1
+                self.abort.value = int(not self.skip_bad)
+        sample = (image, self.labels[i])
+        return sample if self.reals is None else sample + (self.reals[i],)
+
+
+class WriterProcess(mp.Process):
+    """ffcv's writer process, recorded: ffcv waits forever for a worker that died (a full
+    disk, a crash in encode), so write_beton's watchdog interrupts the wait instead."""
+    started = []
+
+    def start(self):
+        WriterProcess.started.append(self)
+        super().start()
+
+
+def write_beton(path, images, fields, num_workers, chunk_size, progress):
+    """Run ffcv's DatasetWriter; returns the indices of undecodable images."""
+    import ffcv.writer  # imported here: ffcv compiles numba code at import (~6 s)
+    from tqdm import tqdm
+    ffcv.writer.tqdm = partial(tqdm, unit='img', disable=not progress)  # its own bar
+    ffcv.writer.Process, WriterProcess.started = WriterProcess, []
+    page = max(1 << 23, 1 << math.ceil(math.log2(fields['image'].max_resolution ** 2 * 3 + 1)))
+    writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=page,
+                                       num_workers=num_workers)
+    done, crashed = threading.Event(), []
+
+    def watchdog():
+        while not done.wait(0.2):
+            if any(p.exitcode not in (None, 0) for p in WriterProcess.started):
+                crashed.append(True)
+                return _thread.interrupt_main()
+    threading.Thread(target=watchdog, daemon=True).start()
+    try:
+        writer.from_indexed_dataset(images, chunksize=chunk_size)
+    except KeyboardInterrupt:
+        for p in WriterProcess.started:
+            p.terminate()
+            p.join()
+        if hasattr(writer, 'metadata_sm'):
+            writer.metadata_sm.close()
+            writer.metadata_sm.unlink()
+        if crashed:
+            raise ConversionError(f'a writer process died while writing {path} (traceback '
+                                  f'above; a full disk is the usual cause).') from None
+        raise
+    finally:
+        done.set()
+    return np.flatnonzero(np.frombuffer(images.bad, np.int8))
+
+
+def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max_resolution=None,
+            write_mode=None, jpeg_quality=None, compress_probability=None, num_workers=0,
+            chunk_size=None, minival_fraction=0.01, seed=0, skip_bad=False, overwrite=False,
+            progress=True):
+    """Write `split` of `data_dir` to `write_path` (+ sidecar); returns the sidecar dict.
+    Options left None take the train or eval default from DEFAULTS."""
+    if split not in SPLITS:
+        raise ConversionError(f'split={split!r}: choose one of {", ".join(SPLITS)}.')
+    if real_labels and split != 'val':
+        raise ConversionError(f'real_labels={real_labels}: ReaL labels exist for split=val only.')
+    given = dict(max_resolution=max_resolution, write_mode=write_mode, jpeg_quality=jpeg_quality,
+                 compress_probability=compress_probability, chunk_size=chunk_size)
+    opts = {k: v if v is not None else DEFAULTS['train' if split == 'train' else 'eval'][k]
+            for k, v in given.items()}
+    out = Path(write_path)
+    if out.exists() and not overwrite:
+        raise ConversionError(f'{out} exists. Pass --cfg.overwrite=1 (overwrite=True) to '
+                              f'replace it, or choose another write_path.')
+    classes = read_sidecar(classes_from)['classes'] if classes_from else None
+    paths, labels, classes, ignored = scan(data_dir, split, classes)
+    reals = real_sets(real_labels, paths, len(classes)) if real_labels else None
+    if split in ('train', 'minival'):
+        keep = minival_mask(paths, labels, minival_fraction, seed) == (split == 'minival')
+        paths, labels = [p for p, k in zip(paths, keep) if k], labels[keep]
+    from ffcv.fields import IntField, NDArrayField, RGBImageField  # slow import, see above
+    fields = {'image': RGBImageField(write_mode=opts['write_mode'],
+                                     max_resolution=opts['max_resolution'],
+                                     jpeg_quality=opts['jpeg_quality'],
+                                     compress_probability=opts['compress_probability']),
+              'label': IntField()}
+    if reals is not None:
+        fields['real'] = NDArrayField(dtype=np.dtype('int16'), shape=(REAL_MAX,))
+    workers = num_workers or len(os.sched_getaffinity(0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f'{out.name}.tmp-{os.getpid()}')
+    start, skipped = time.time(), []
+    try:
+        while True:  # a second pass only when skip_bad found undecodable files
+            images = ImageSet(paths, labels, reals, seed, skip_bad)
+            bad = write_beton(tmp, images, fields, workers, opts['chunk_size'], progress)
+            if len(bad) == 0:
+                break
+            reasons = []
+            for i in bad[:5]:
+                try:
+                    load_rgb(paths[i])
+                    reasons.append(f'{paths[i]}: failed in the writer process')
+                except Exception as err:
+                    reasons.append(f'{paths[i]}: {type(err).__name__}: {err}')
+            if not skip_bad or skipped:
+                raise ConversionError(
+                    'cannot decode ' + '; '.join(reasons) + ('; ...' if len(bad) > 5 else '')
+                    + '. Replace or delete the file(s), or pass --cfg.skip_bad=1 to skip them.')
+            print(f'skipping {len(bad)} undecodable file(s), writing again without them: '
+                  + '; '.join(reasons), file=sys.stderr)
+            skipped = [str(paths[i]) for i in bad]
+            keep = np.ones(len(paths), bool)
+            keep[bad] = False
+            paths, labels = [p for p, k in zip(paths, keep) if k], labels[keep]
+            reals = None if reals is None else reals[keep]
+            if not paths:
+                raise ConversionError(f'{data_dir}: no decodable images left.')
+        meta = {'classes': classes, 'split': split, 'num_images': len(paths),
+                'has_real': reals is not None, 'skipped': skipped,
+                'settings': dict(opts, data_dir=str(data_dir), real_labels=str(real_labels),
+                                 classes_from=str(classes_from), seed=seed,
+                                 minival_fraction=minival_fraction)}
+        tmp_json = Path(f'{tmp}.json')
+        tmp_json.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_json, f'{out}.json')
+        os.replace(tmp, out)
+    finally:
+        for leftover in (tmp, Path(f'{tmp}.json')):
+            leftover.unlink(missing_ok=True)
+    secs = time.time() - start
+    print(f'{split}: wrote {len(paths)} images to {out} ({out.stat().st_size / 1e6:.1f} MB) in '
+          f'{secs:.1f} s ({len(paths) / secs:.0f} img/s); skipped {len(skipped)} undecodable, '
+          f'ignored {ignored} non-image files')
+    return meta
+
+
+def main():
+    config = get_current_config()
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.augment_argparse(parser)
+    config.collect_argparse_args(parser)
+    errors = config.validate(mode='errordict')
+    if errors:  # fastargs' own 'stderr' mode exits with status 0
+        for path, err in errors.items():
+            print(f'--{".".join(path)}: {config.entries[path].checker.help()} '
+                  f'({"required" if type(err).__name__ == "MissingValueError" else "invalid"})',
+                  file=sys.stderr)
+        sys.exit(2)
+    config.summary()
+    options = {path[-1]: config[path] for path in config.entries if path[0] == 'cfg'}
+    try:
+        convert(**options)
+    except ConversionError as err:
+        sys.exit(f'write_ffcv.py: error: {err}')
+
+
+if __name__ == '__main__':
+    main()
