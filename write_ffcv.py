@@ -6,7 +6,8 @@ settings go to `<write_path>.json`, which the trainer reads to check that its tr
 eval sets agree.
 
   python write_ffcv.py --cfg.data_dir=IN/train --cfg.write_path=OUT/train.beton --cfg.split=train
-  python write_ffcv.py --cfg.data_dir=IN/train --cfg.write_path=OUT/minival.beton --cfg.split=minival
+  python write_ffcv.py --cfg.data_dir=IN/train --cfg.write_path=OUT/minival.beton \\
+      --cfg.split=minival
   python write_ffcv.py --cfg.data_dir=IN/val --cfg.write_path=OUT/val.beton --cfg.split=val \\
       --cfg.real_labels=real.json
   python write_ffcv.py --cfg.data_dir=V2 --cfg.write_path=OUT/v2.beton --cfg.split=v2 \\
@@ -246,18 +247,21 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     """Run ffcv's DatasetWriter; returns the indices of undecodable images."""
     import ffcv.writer  # imported here: ffcv compiles numba code at import (~6 s)
     from tqdm import tqdm
-    ffcv.writer.tqdm = partial(tqdm, unit='img', disable=not progress)  # its own bar
-    ffcv.writer.Process, WriterProcess.started = WriterProcess, []
     page = max(1 << 23, 1 << math.ceil(math.log2(fields['image'].max_resolution ** 2 * 3 + 1)))
     writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=page,
                                        num_workers=num_workers)
-    done, crashed = threading.Event(), []
+    done, crashed, WriterProcess.started = threading.Event(), [], []
 
     def watchdog():
         while not done.wait(0.2):
             if any(p.exitcode not in (None, 0) for p in WriterProcess.started):
                 crashed.append(True)
                 return _thread.interrupt_main()
+    # ffcv draws its own progress bar and starts its own processes: name the bar's unit and
+    # record the processes, for this call only
+    patched = dict(tqdm=partial(tqdm, unit='img', disable=not progress), Process=WriterProcess)
+    saved = {name: getattr(ffcv.writer, name) for name in patched}
+    vars(ffcv.writer).update(patched)
     threading.Thread(target=watchdog, daemon=True).start()
     try:
         writer.from_indexed_dataset(images, chunksize=chunk_size)
@@ -274,6 +278,7 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
         raise
     finally:
         done.set()
+        vars(ffcv.writer).update(saved)
     return np.flatnonzero(np.frombuffer(images.bad, np.int8))
 
 

@@ -305,8 +305,8 @@ def test_existing_output_needs_overwrite(photos, tmp_path):
 
 
 @pytest.mark.parametrize('case', ['missing', 'empty', 'flat', 'empty_class', 'v2_names',
-                                  'one_image_class', 'real_length', 'real_too_long', 'real_dup_names',
-                                  'real_not_val', 'no_sidecar'])
+                                  'one_image_class', 'real_length', 'real_too_long',
+                                  'real_dup_names', 'real_not_val', 'no_sidecar'])
 def test_bad_input_errors_name_the_problem(case, photos, tmp_path):
     tree = small_tree(photos, tmp_path / 'in')
     split, extra, match = 'val', {}, None
@@ -338,7 +338,8 @@ def test_bad_input_errors_name_the_problem(case, photos, tmp_path):
     elif case == 'real_not_val':
         split, extra, match = 'train', {'real_labels': 'real.json'}, 'split=val only'
     elif case == 'no_sidecar':
-        extra, match = {'classes_from': tmp_path / 'train.beton'}, 'train.beton.json: sidecar'
+        extra = {'classes_from': tmp_path / 'train.beton'}
+        match = 'train.beton.json: sidecar'
     out = tmp_path / 'out' / 'x.beton'
     with pytest.raises(ConversionError, match=match):
         convert(tree, out, split, **OPTS, **extra)
@@ -366,6 +367,7 @@ def test_cli_converts_and_reports(data, betons, tmp_path):
                      '--cfg.split=minival', f'--cfg.max_resolution={W}', '--cfg.num_workers=1')
     assert result.returncode == 0, result.stderr
     assert 'minival: wrote 4 images' in result.stdout and 'img/s' in result.stderr
+    assert 'ignored 2 non-image files' in result.stdout        # .DS_Store and notes.txt
     assert [key(x) for x in stored_raw(out)[1]] == [key(x) for x in
                                                       stored_raw(betons / 'minival.beton')[1]]
     result = run_cli('--cfg.data_dir=/nonexistent', f'--cfg.write_path={tmp_path / "v.beton"}',
