@@ -49,37 +49,41 @@ DEFAULTS = {
                  compress_probability=0.5, chunk_size=100),
 }
 
-Section('cfg', 'write_ffcv.py: an ImageNet-style folder to an FFCV .beton').params(
-    data_dir=Param(str, 'split folder laid out as <class>/<image> (v2: folders 0..999)',
-                   required=True),
-    write_path=Param(str, 'the .beton to write; the sidecar goes to <write_path>.json',
-                     required=True),
-    split=Param(And(str, OneOf(SPLITS)), 'train = 99% of every class of data_dir, minival ='
-                ' the held-out rest, val = every image, v2 = ImageNet-v2 layout',
-                required=True),
-    real_labels=Param(str, 'val only: ReaL real.json, stored as field "real"', default=''),
-    classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
-                       ' gives wnids instead of "0".."999"', default=''),
-    max_resolution=Param(And(int, InRange(16, 65535)), 'longest side stored, larger images'
-                         ' are area-downscaled (default 512)', default=None),
-    write_mode=Param(And(str, OneOf(['raw', 'jpg', 'proportion'])), 'raw pixels, JPEG, or'
-                     ' JPEG with compress_probability (default proportion for train, raw'
-                     ' for minival/val/v2)', default=None),
-    jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality (default 95)',
-                       default=None),
-    compress_probability=Param(And(float, InRange(0, 1)), 'share of JPEG images in'
-                               ' proportion mode (default 0.5)', default=None),
-    num_workers=Param(And(int, InRange(0, 1024)), 'writer processes, 0 = all cores',
-                      default=0),
-    chunk_size=Param(And(int, InRange(1, 100000)), 'images per work item (default 100)',
-                     default=None),
-    minival_fraction=Param(And(float, InRange(0, 0.5)), 'share of each class held out as'
-                           ' minival', default=0.01),
-    seed=Param(int, 'seed of the minival draw and of the proportion-mode coin', default=0),
-    skip_bad=Param(And(int, OneOf([0, 1])), '1: skip undecodable files and list them'
-                   ' (costs a second pass) instead of failing', default=0),
-    overwrite=Param(And(int, OneOf([0, 1])), '1: replace an existing write_path', default=0),
-)
+def declare_options():
+    """The `cfg` section. Declared on demand, not at import: fastargs' config is global, so
+    an importer (train_vit.py reads sidecars) would otherwise inherit these required
+    options in its own --help and validation."""
+    Section('cfg', 'write_ffcv.py: an ImageNet-style folder to an FFCV .beton').params(
+        data_dir=Param(str, 'split folder laid out as <class>/<image> (v2: folders 0..999)',
+                       required=True),
+        write_path=Param(str, 'the .beton to write; the sidecar goes to <write_path>.json',
+                         required=True),
+        split=Param(And(str, OneOf(SPLITS)), 'train = 99% of every class of data_dir, minival ='
+                    ' the held-out rest, val = every image, v2 = ImageNet-v2 layout',
+                    required=True),
+        real_labels=Param(str, 'val only: ReaL real.json, stored as field "real"', default=''),
+        classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
+                           ' gives wnids instead of "0".."999"', default=''),
+        max_resolution=Param(And(int, InRange(16, 65535)), 'longest side stored, larger images'
+                             ' are area-downscaled (default 512)', default=None),
+        write_mode=Param(And(str, OneOf(['raw', 'jpg', 'proportion'])), 'raw pixels, JPEG, or'
+                         ' JPEG with compress_probability (default proportion for train, raw'
+                         ' for minival/val/v2)', default=None),
+        jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality (default 95)',
+                           default=None),
+        compress_probability=Param(And(float, InRange(0, 1)), 'share of JPEG images in'
+                                   ' proportion mode (default 0.5)', default=None),
+        num_workers=Param(And(int, InRange(0, 1024)), 'writer processes, 0 = all cores',
+                          default=0),
+        chunk_size=Param(And(int, InRange(1, 100000)), 'images per work item (default 100)',
+                         default=None),
+        minival_fraction=Param(And(float, InRange(0, 0.5)), 'share of each class held out as'
+                               ' minival', default=0.01),
+        seed=Param(int, 'seed of the minival draw and of the proportion-mode coin', default=0),
+        skip_bad=Param(And(int, OneOf([0, 1])), '1: skip undecodable files and list them'
+                       ' (costs a second pass) instead of failing', default=0),
+        overwrite=Param(And(int, OneOf([0, 1])), '1: replace an existing write_path', default=0),
+    )
 
 
 class ConversionError(Exception):
@@ -364,6 +368,7 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
 
 
 def main():
+    declare_options()
     config = get_current_config()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -360,6 +360,16 @@ def test_cli_help_names_every_option():
         assert f'cfg.{name}' in result.stdout, name
 
 
+def test_import_declares_no_options():
+    """Importers (train_vit.py reads sidecars) must not inherit the required cfg.* options
+    in fastargs' global config: only running write_ffcv.py declares them."""
+    code = ("import write_ffcv; from fastargs import get_current_config; "
+            "print(sorted(get_current_config().entries))")
+    out = subprocess.run([sys.executable, '-c', code], cwd=write_ffcv.__file__.rsplit('/', 1)[0],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == '[]'
+
+
 def test_cli_converts_and_reports(data, betons, tmp_path):
     root, _, _ = data
     out = tmp_path / 'minival.beton'
