@@ -1,0 +1,764 @@
+"""The reference's train preprocessing as FFCV operations compiled by numba.
+
+big_vision runs `inception_crop|flip_lr|randaug(2,10)|value_range(-1,1)` per image and
+then mixes the batch (../shared/RECIPE.md, "Train preprocessing", "RandAugment",
+"Mixup"). Here each step is an FFCV operation whose per-image loop is a `prange` over
+the batch (FFCV turns it into threads when num_workers > 1), with no Python work per image.
+
+Randomness. FFCV's own random ops draw from numba's per-thread, unseeded generator, so
+their results depend on which thread handles which image. Every draw here is instead a
+pure function of its coordinates: a counter-based generator (splitmix64 hashes of
+(seed, epoch, sample index, stream, draw number)) for the per-image ops, and (seed,
+epoch, batch ordinal) for mixup. The same seed and epoch give the same crops, flips,
+RandAugment ops and mixup coefficients whatever the number of threads or ranks; another
+epoch gives other draws.
+
+The seed, epoch and batch counters live in a small int64 array owned by `AugmentClock`.
+Numba freezes global and closure arrays into the compiled code as constants, so the
+operations capture the array's *address* (an int) and view it with `numba.carray` at
+run time; that is how `clock.set_epoch(...)` reaches code FFCV compiled once.
+
+Usage (the trainer): build the Loader once with `train_pipelines(clock, ...)` plus
+ToTensor/ToDevice/ToTorchImage; before each `iter(loader)` call
+`clock.set_epoch(epoch, first_batch)`. FFCV runs the batches of an epoch in order in one
+background thread, so the mixup batch counters advance exactly once per batch. An
+epoch's iterator must be finished (or closed and joined) before the next set_epoch.
+
+Accepted difference from the reference: the crop is resized with FFCV's resize (OpenCV
+INTER_AREA) instead of TF's bilinear resize.
+
+CLI: `python rand_augment.py --beton X --out grid.png` writes a grid of augmented
+samples; `python rand_augment.py --beton X --bench 50` times the loader.
+"""
+import argparse
+import os
+import time
+
+import numba
+import numpy as np
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode, resize_crop
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+
+from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
+
+__all__ = ["AugmentClock", "InceptionCropDecoder", "RandomFlip", "RandAugment",
+           "NormalizeMixup", "LabelMixup", "Normalize", "train_pipelines", "apply_op",
+           "sample_crop", "sample_crops", "flip_draw", "randaug_draws",
+           "mixup_coefficient", "value_range", "bench_loader", "OP_NAMES"]
+
+# Stream ids: each random decision gets its own stream so that no two ops share draws.
+_CROP, _FLIP, _RANDAUG, _MIXUP = 1, 2, 3, 4
+
+# ---------------------------------------------------------------------------------------
+# Counter-based random numbers: pure functions of their coordinates.
+# ---------------------------------------------------------------------------------------
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, nogil=True)
+def _mix64(z):
+    """splitmix64's finaliser: a bijection of uint64 with full avalanche."""
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def draw_key(seed, epoch, index, stream):
+    """The 64-bit key of one random stream: (seed, epoch, sample or batch index, stream)."""
+    h = _mix64(np.uint64(seed) + _GOLDEN)
+    h = _mix64(h ^ np.uint64(epoch))
+    h = _mix64(h ^ np.uint64(index))
+    return _mix64(h ^ np.uint64(stream))
+
+
+@njit(cache=True, nogil=True)
+def uniform(key, k):
+    """The k-th uniform float64 in [0, 1) of stream `key` (53 random bits)."""
+    bits = _mix64(key + np.uint64(k + 1) * _GOLDEN) >> np.uint64(11)
+    return np.float64(bits) * (1.0 / 9007199254740992.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The clock: seed, epoch and batch counters, read by compiled code through an address.
+# ---------------------------------------------------------------------------------------
+@intrinsic
+def _voidptr(typingctx, addr):
+    """int64 -> void*, so that numba.carray can view memory we only know the address of."""
+    if not isinstance(addr, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+    return types.voidptr(addr), codegen
+
+
+@njit(cache=True, nogil=True)
+def _clock_view(addr):
+    """The AugmentClock's live int64[4] array [seed, epoch, image_batch, label_batch]."""
+    return numba.carray(_voidptr(addr), (4,), np.int64)
+
+
+class AugmentClock:
+    """Seed, epoch and per-op batch counters shared by the augmentation operations.
+
+    The operations read the array through its address at run time (see the module
+    docstring), so `set_epoch` takes effect in pipelines FFCV compiled earlier.
+    """
+    SEED, EPOCH, IMAGE_BATCH, LABEL_BATCH = range(4)
+
+    def __init__(self, seed=0):
+        if not 0 <= int(seed) < 2 ** 63:
+            raise ValueError(f"AugmentClock: seed must be a non-negative int64, got {seed}")
+        self.state = np.zeros(4, dtype=np.int64)
+        self.state[self.SEED] = int(seed)
+
+    @property
+    def address(self):
+        return int(self.state.ctypes.data)
+
+    @property
+    def seed(self):
+        return int(self.state[self.SEED])
+
+    @property
+    def epoch(self):
+        return int(self.state[self.EPOCH])
+
+    @property
+    def batches(self):
+        """(image batches, label batches) mixed so far this epoch."""
+        return int(self.state[self.IMAGE_BATCH]), int(self.state[self.LABEL_BATCH])
+
+    def set_epoch(self, epoch, first_batch=0):
+        """Call before each iter(loader); first_batch > 0 when resuming mid-epoch (the
+        loader must then start at that batch of the epoch's order)."""
+        if epoch < 0 or first_batch < 0:
+            raise ValueError(f"AugmentClock.set_epoch: epoch {epoch} and first_batch "
+                             f"{first_batch} must be >= 0")
+        self.state[self.EPOCH] = epoch
+        self.state[self.IMAGE_BATCH] = first_batch
+        self.state[self.LABEL_BATCH] = first_batch
+
+    def __repr__(self):
+        return (f"AugmentClock(seed={self.seed}, epoch={self.epoch}, "
+                f"batches={self.batches})")
+
+
+# ---------------------------------------------------------------------------------------
+# Inception crop.
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def sample_crop(seed, epoch, index, height, width, area_lo, area_hi, aspect_lo, aspect_hi,
+                attempts):
+    """(y, x, h, w) of the reference's inception crop for one sample.
+
+    Each attempt draws an area fraction ~ U(area_lo, area_hi) and an aspect ratio
+    w/h ~ U(aspect_lo, aspect_hi) (uniform, not log-uniform); the first box that fits is
+    placed at uniform offsets. If no attempt fits, the whole image.
+    """
+    key = draw_key(seed, epoch, index, _CROP)
+    total = np.float64(height) * np.float64(width)
+    for t in range(attempts):
+        area = total * (area_lo + (area_hi - area_lo) * uniform(key, 4 * t))
+        aspect = aspect_lo + (aspect_hi - aspect_lo) * uniform(key, 4 * t + 1)
+        w = np.int64(np.floor(np.sqrt(area * aspect) + 0.5))
+        h = np.int64(np.floor(np.sqrt(area / aspect) + 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            y = np.int64(uniform(key, 4 * t + 2) * (height - h + 1))
+            x = np.int64(uniform(key, 4 * t + 3) * (width - w + 1))
+            return y, x, h, w
+    return np.int64(0), np.int64(0), np.int64(height), np.int64(width)
+
+
+@njit(cache=True, nogil=True)
+def sample_crops(seed, epoch, indices, height, width, area_lo=0.05, area_hi=1.0,
+                 aspect_lo=0.75, aspect_hi=1.33, attempts=100):
+    """int64[len(indices), 4] of (y, x, h, w): many crops at once, for tests."""
+    out = np.empty((len(indices), 4), dtype=np.int64)
+    for i in range(len(indices)):
+        y, x, h, w = sample_crop(seed, epoch, indices[i], height, width, area_lo, area_hi,
+                                 aspect_lo, aspect_hi, attempts)
+        out[i, 0] = y
+        out[i, 1] = x
+        out[i, 2] = h
+        out[i, 3] = w
+    return out
+
+
+class InceptionCropDecoder(ResizedCropRGBImageDecoder):
+    """Decode an RGBImageField, take the reference's inception crop, resize to output_size.
+
+    Like FFCV's RandomResizedCropRGBImageDecoder (same decode and resize), but with the
+    reference's sampling and draws that depend only on (seed, epoch, sample index).
+    """
+
+    def __init__(self, clock, output_size=224, area=(0.05, 1.0), aspect=(0.75, 1.33),
+                 attempts=100):
+        if isinstance(output_size, int):
+            output_size = (output_size, output_size)
+        super().__init__(tuple(output_size))
+        if not (0 < area[0] <= area[1] <= 1 and 0 < aspect[0] <= aspect[1] and attempts > 0):
+            raise ValueError(f"InceptionCropDecoder: bad area={area}, aspect={aspect} or "
+                             f"attempts={attempts}")
+        self.clock = clock
+        self.area = (float(area[0]), float(area[1]))
+        self.aspect = (float(aspect[0]), float(aspect[1]))
+        self.attempts = int(attempts)
+
+    @property
+    def get_crop_generator(self):
+        return sample_crop
+
+    def generate_code(self):
+        jpg = IMAGE_MODES['jpg']
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        # A fresh dispatcher per Loader, as FFCV does: numba 0.68 cannot type a second
+        # caller of one shared dispatcher of these ctypes wrappers (KeyError on its
+        # Literal-typed overloads), and the Loader's thread then dies silently.
+        imdecode_c = Compiler.compile(imdecode)
+        resize_crop_c = Compiler.compile(resize_crop)
+        addr = self.clock.address
+        area_lo, area_hi = self.area
+        aspect_lo, aspect_hi = self.aspect
+        attempts = self.attempts
+
+        def decode(batch_indices, my_storage, metadata, storage_state):
+            destination, temp_storage = my_storage
+            clock = _clock_view(addr)
+            seed = clock[0]
+            epoch = clock[1]
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                image_data = mem_read(field['data_ptr'], storage_state)
+                height = np.uint32(field['height'])
+                width = np.uint32(field['width'])
+                if field['mode'] == jpg:
+                    temp_buffer = temp_storage[dst_ix]
+                    imdecode_c(image_data, temp_buffer, height, width, height, width,
+                               0, 0, 1, 1, False, False)
+                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width]
+                    temp_buffer = temp_buffer.reshape(height, width, 3)
+                else:
+                    temp_buffer = image_data.reshape(height, width, 3)
+                y, x, h, w = sample_crop(seed, epoch, source_ix, height, width, area_lo,
+                                         area_hi, aspect_lo, aspect_hi, attempts)
+                resize_crop_c(temp_buffer, y, y + h, x, x + w, destination[dst_ix])
+            return destination[:len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+# ---------------------------------------------------------------------------------------
+# Horizontal flip.
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def flip_draw(seed, epoch, index, p):
+    """True when sample `index` is flipped this epoch."""
+    return uniform(draw_key(seed, epoch, index, _FLIP), 0) < p
+
+
+@njit(cache=True, nogil=True)
+def _flip_inplace(img):
+    width = img.shape[1]
+    for y in range(img.shape[0]):
+        for x in range(width // 2):
+            for c in range(img.shape[2]):
+                t = img[y, x, c]
+                img[y, x, c] = img[y, width - 1 - x, c]
+                img[y, width - 1 - x, c] = t
+
+
+class RandomFlip(Operation):
+    """Flip left-right with probability p (reference: flip_lr), in place."""
+
+    def __init__(self, clock, p=0.5):
+        super().__init__()
+        self.clock = clock
+        self.p = float(p)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        addr = self.clock.address
+        p = self.p
+
+        def flip(images, _unused, batch_indices):
+            clock = _clock_view(addr)
+            seed = clock[0]
+            epoch = clock[1]
+            for i in my_range(images.shape[0]):
+                if flip_draw(seed, epoch, batch_indices[i], p):
+                    _flip_inplace(images[i])
+            return images
+
+        flip.is_parallel = True
+        flip.with_indices = True
+        return flip
+
+    def declare_state_and_memory(self, previous_state):
+        return previous_state, None
+
+
+# ---------------------------------------------------------------------------------------
+# RandAugment.
+# ---------------------------------------------------------------------------------------
+_NUM_OPS = len(OP_NAMES)
+_CUTOUT = OP_NAMES.index("Cutout")
+
+
+@njit(nogil=True)
+def _layer_draw(key, layer, magnitude, fixed, height, width):
+    """(op index, argument, cutout centre y, x) of one RandAugment layer.
+
+    Not cached on disk on purpose: it calls into augment_ops, and numba's cache would not
+    notice when that other file changes (it only checks this file's timestamp).
+    """
+    op = min(np.int64(uniform(key, 4 * layer) * _NUM_OPS), _NUM_OPS - 1)
+    negate = uniform(key, 4 * layer + 1) < 0.5
+    cy = np.int64(uniform(key, 4 * layer + 2) * height)
+    cx = np.int64(uniform(key, 4 * layer + 3) * width)
+    return op, level_to_arg(op, magnitude, negate, fixed), cy, cx
+
+
+@njit(nogil=True)
+def _randaug_one(img, scratch, seed, epoch, index, num_layers, magnitude, fixed):
+    """Apply `num_layers` uniformly chosen ops (with replacement, always applied) in place."""
+    key = draw_key(seed, epoch, index, _RANDAUG)
+    for layer in range(num_layers):
+        op, arg, cy, cx = _layer_draw(key, layer, magnitude, fixed, img.shape[0],
+                                      img.shape[1])
+        apply_op_inplace(img, scratch, op, arg, cy, cx, fixed)
+
+
+def randaug_draws(seed, epoch, index, height, width, num_layers=2, magnitude=10,
+                  fixed=False):
+    """What RandAugment does to sample `index`: a list of (op name, args for apply_op,
+    (cy, cx)) per layer; (cy, cx) is the Cutout centre, drawn for every layer."""
+    key = np.uint64(draw_key(seed, epoch, index, _RANDAUG))
+    out = []
+    for layer in range(num_layers):
+        op, arg, cy, cx = _layer_draw(key, layer, magnitude, fixed, height, width)
+        out.append((OP_NAMES[op], float(arg), (int(cy), int(cx))))
+    return out
+
+
+class RandAugment(Operation):
+    """big_vision's RandAugment(num_layers, magnitude) on a uint8 NHWC batch, in place.
+
+    Each layer picks one of the 16 ops uniformly (with replacement) and always applies it;
+    signs are random with p = 0.5. `fixed=True` is the documented off-by-default option
+    (true mean for Contrast, real Solarize threshold); see augment_ops.level_to_arg.
+    """
+
+    def __init__(self, clock, num_layers=2, magnitude=10, fixed=False):
+        super().__init__()
+        if not (num_layers >= 0 and 0 <= magnitude <= 10):
+            raise ValueError(f"RandAugment: num_layers={num_layers} must be >= 0 and "
+                             f"magnitude={magnitude} in [0, 10]")
+        self.clock = clock
+        self.num_layers = int(num_layers)
+        self.magnitude = float(magnitude)
+        self.fixed = bool(fixed)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        addr = self.clock.address
+        num_layers, magnitude, fixed = self.num_layers, self.magnitude, self.fixed
+
+        def randaug(images, scratch, batch_indices):
+            clock = _clock_view(addr)
+            seed = clock[0]
+            epoch = clock[1]
+            for i in my_range(images.shape[0]):
+                _randaug_one(images[i], scratch[i], seed, epoch, batch_indices[i],
+                             num_layers, magnitude, fixed)
+            return images
+
+        randaug.is_parallel = True
+        randaug.with_indices = True
+        return randaug
+
+    def declare_state_and_memory(self, previous_state):
+        if previous_state.shape is None or len(previous_state.shape) != 3 \
+                or previous_state.dtype != np.uint8:
+            raise TypeError("RandAugment needs uint8 HxWx3 images: put it after the "
+                            "decoder/flip and before NormalizeMixup")
+        return previous_state, AllocationQuery(previous_state.shape, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# value_range(-1, 1) and mixup.
+# ---------------------------------------------------------------------------------------
+@njit(cache=True, nogil=True)
+def value_range():
+    """float32[256]: uint8 v -> v / 255 * 2 - 1, in float32 as TF computes it."""
+    lut = np.empty(256, dtype=np.float32)
+    for v in range(256):
+        lut[v] = np.float32(v) / np.float32(255.0) * np.float32(2.0) + np.float32(-1.0)
+    return lut
+
+
+@njit(cache=True, nogil=True)
+def mixup_coefficient(seed, epoch, batch, alpha):
+    """The reference's a for one batch: Beta(alpha, alpha) folded to max(a, 1 - a), as
+    float32; 1 when alpha <= 0 (no mixing). A pure function of (seed, epoch, batch)."""
+    if alpha <= 0:
+        return np.float32(1.0)
+    key = draw_key(seed, epoch, batch, _MIXUP)
+    np.random.seed(np.uint32(key >> np.uint64(32)))
+    a = np.float32(np.random.beta(alpha, alpha))
+    return max(a, np.float32(1.0) - a)
+
+
+@njit(cache=True, nogil=True)
+def _normalize_mix_one(img, partner, dst, lut, a):
+    """dst = a * n(img) + (1 - a) * n(partner) in float32, n = value_range."""
+    b = np.float32(1.0) - a
+    for y in range(img.shape[0]):
+        for x in range(img.shape[1]):
+            for c in range(img.shape[2]):
+                dst[y, x, c] = a * lut[img[y, x, c]] + b * lut[partner[y, x, c]]
+
+
+@njit(cache=True, nogil=True)
+def _normalize_one(img, dst, lut):
+    for y in range(img.shape[0]):
+        for x in range(img.shape[1]):
+            for c in range(img.shape[2]):
+                dst[y, x, c] = lut[img[y, x, c]]
+
+
+class NormalizeMixup(Operation):
+    """uint8 NHWC -> float32 NHWC in [-1, 1], then x = a x + (1 - a) roll(x, 1).
+
+    a ~ Beta(alpha, alpha) folded to >= 0.5, one per batch, from (seed, epoch, batch
+    ordinal): the same on every rank. Image i is mixed with image i - 1 (image 0 with the
+    last). Mixing in float after normalisation avoids uint8 truncation. alpha = 0: no mixing.
+    """
+
+    def __init__(self, clock, alpha=0.2):
+        super().__init__()
+        self.clock = clock
+        self.alpha = float(alpha)
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+        addr = self.clock.address
+        alpha = self.alpha
+
+        def normalize_mixup(images, dst):
+            clock = _clock_view(addr)
+            batch = clock[2]
+            clock[2] = batch + 1
+            a = mixup_coefficient(clock[0], clock[1], batch, alpha)
+            lut = value_range()
+            n = images.shape[0]
+            for i in my_range(n):
+                if a == np.float32(1.0):
+                    _normalize_one(images[i], dst[i], lut)
+                else:
+                    _normalize_mix_one(images[i], images[(i + n - 1) % n], dst[i], lut, a)
+            return dst[:n]
+
+        normalize_mixup.is_parallel = True
+        return normalize_mixup
+
+    def declare_state_and_memory(self, previous_state):
+        from dataclasses import replace
+        return (replace(previous_state, dtype=np.dtype(np.float32)),
+                AllocationQuery(previous_state.shape, np.dtype(np.float32)))
+
+
+class Normalize(Operation):
+    """uint8 NHWC -> float32 NHWC in [-1, 1] (value_range(-1, 1)), for evaluation."""
+
+    def generate_code(self):
+        my_range = Compiler.get_iterator()
+
+        def normalize(images, dst):
+            lut = value_range()
+            n = images.shape[0]
+            for i in my_range(n):
+                _normalize_one(images[i], dst[i], lut)
+            return dst[:n]
+
+        normalize.is_parallel = True
+        return normalize
+
+    def declare_state_and_memory(self, previous_state):
+        from dataclasses import replace
+        return (replace(previous_state, dtype=np.dtype(np.float32)),
+                AllocationQuery(previous_state.shape, np.dtype(np.float32)))
+
+
+class LabelMixup(Operation):
+    """int label [N, 1] -> float32 [N, num_classes] two-hot: a on label i, 1 - a on label
+    i - 1, with the same a and pairing as NormalizeMixup (a + (1 - a) when they agree)."""
+
+    def __init__(self, clock, num_classes, alpha=0.2):
+        super().__init__()
+        self.clock = clock
+        self.num_classes = int(num_classes)
+        self.alpha = float(alpha)
+
+    def generate_code(self):
+        addr = self.clock.address
+        alpha = self.alpha
+        num_classes = self.num_classes
+
+        def label_mixup(labels, dst):
+            clock = _clock_view(addr)
+            batch = clock[3]
+            clock[3] = batch + 1
+            a = mixup_coefficient(clock[0], clock[1], batch, alpha)
+            _two_hot(labels, dst, a, num_classes)
+            return dst[:labels.shape[0]]
+
+        return label_mixup
+
+    def declare_state_and_memory(self, previous_state):
+        from dataclasses import replace
+        return (replace(previous_state, shape=(self.num_classes,),
+                        dtype=np.dtype(np.float32)),
+                AllocationQuery((self.num_classes,), np.dtype(np.float32)))
+
+
+@njit(cache=True, nogil=True)
+def _two_hot(labels, dst, a, num_classes):
+    n = labels.shape[0]
+    b = np.float32(1.0) - a
+    for i in range(n):
+        mine = labels[i, 0]
+        other = labels[(i + n - 1) % n, 0]
+        if not (0 <= mine < num_classes):
+            raise ValueError("LabelMixup: a label is outside [0, num_classes)")
+        for c in range(num_classes):
+            dst[i, c] = 0
+        if mine == other:
+            dst[i, mine] = a + b
+        else:
+            dst[i, mine] = a
+            dst[i, other] = b
+
+
+def train_pipelines(clock, *, res=224, randaug=(2, 10), fixed=False, flip=True,
+                    mixup_alpha=0.2, num_classes=1000, crop_area=(0.05, 1.0)):
+    """The 'image' and 'label' pipelines of the reference's training preprocessing, up to
+    (excluding) ToTensor/ToDevice. randaug=None disables RandAugment; mixup_alpha=0
+    disables mixing (labels are then one-hot float32); crop_area is the inception crop's
+    area range (the recipe's (0.05, 1.0) unless a tiny demo needs larger crops)."""
+    image = [InceptionCropDecoder(clock, res, area=crop_area)]
+    if flip:
+        image.append(RandomFlip(clock))
+    if randaug is not None:
+        image.append(RandAugment(clock, randaug[0], randaug[1], fixed=fixed))
+    image.append(NormalizeMixup(clock, mixup_alpha))
+    label = [IntDecoder(), LabelMixup(clock, num_classes, mixup_alpha)]
+    return {'image': image, 'label': label}
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark and sample grid.
+# ---------------------------------------------------------------------------------------
+def bench_pipelines(clock, kind, res=224, num_classes=1000):
+    """Pipelines timed by bench_loader: 'full' = train_pipelines (decode, crop, flip,
+    RandAugment(2, 10), normalise + mixup, two-hot labels); 'baseline' = our decode, crop
+    and flip alone (uint8 out); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
+    if kind == 'full':
+        return train_pipelines(clock, res=res, num_classes=num_classes)
+    if kind == 'baseline':
+        return {'image': [InceptionCropDecoder(clock, res), RandomFlip(clock)],
+                'label': [IntDecoder()]}
+    if kind == 'ffcv':
+        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+        from ffcv.transforms import RandomHorizontalFlip
+        return {'image': [RandomResizedCropRGBImageDecoder((res, res)),
+                          RandomHorizontalFlip()],
+                'label': [IntDecoder()]}
+    raise ValueError(f"bench_pipelines: kind must be full, baseline or ffcv, not {kind!r}")
+
+
+def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, batches=40,
+                 warmup=4, kind=None, seed=0):
+    """Images/s of one train loader over `batches` timed batches (after `warmup` batches
+    that include numba's compilation). kind overrides full: 'full', 'baseline', 'ffcv'.
+
+    The epoch is made long enough by repeating the beton's indices, so a single epoch (one
+    set of buffers) covers warm-up and timing.
+    """
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+    kind = kind or ('full' if full else 'baseline')
+    clock = AugmentClock(seed)
+    n = int(Reader(str(beton)).num_samples)
+    need = (batches + warmup) * batch_size
+    indices = np.tile(np.arange(n), -(-need // n))[:need]
+    loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
+                    order=OrderOption.RANDOM, seed=seed, indices=indices, drop_last=True,
+                    pipelines=bench_pipelines(clock, kind, res))
+    clock.set_epoch(0)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    elapsed = time.perf_counter() - start
+    it.close()
+    return batches * batch_size / elapsed
+
+
+def write_photo_beton(path, photos, n=512, max_side=500, quality=90, seed=0,
+                      write_mode='jpg', num_classes=10):
+    """Write a .beton of n varied views of real photographs (for tests and benchmarks).
+
+    Each image is a random crop (50-100% of the photo's area, aspect 3:4 to 3:2) of one of
+    `photos` (name -> uint8 HxWx3), resized so its longest side is max_side, stored as
+    FFCV's RGBImageField(write_mode, jpeg_quality=quality) with a label in [0, num_classes).
+    """
+    import cv2
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    rng = np.random.default_rng(seed)
+    names = sorted(photos)
+    items = []
+    for i in range(n):
+        img = photos[names[i % len(names)]]
+        h, w = img.shape[:2]
+        area = rng.uniform(0.5, 1.0) * h * w
+        aspect = rng.uniform(0.75, 1.5)
+        ch = int(min(h, np.sqrt(area / aspect)))
+        cw = int(min(w, ch * aspect))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = img[y:y + ch, x:x + cw]
+        scale = max_side / max(ch, cw)
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+        items.append((np.ascontiguousarray(cv2.resize(crop, size, interpolation=interp)),
+                      i % num_classes))
+
+    class _Items:
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            return items[i]
+
+    tmp = f"{path}.tmp"
+    fields = {'image': RGBImageField(write_mode=write_mode, jpeg_quality=quality),
+              'label': IntField()}
+    DatasetWriter(tmp, fields, num_workers=1, page_size=1 << 21).from_indexed_dataset(
+        _Items())
+    os.replace(tmp, path)
+    return path
+
+
+def _to_uint8(batch):
+    """float32 NHWC in [-1, 1] -> uint8 for display."""
+    return np.clip(np.round((batch + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def write_grid(beton, out, n=32, seed=0, epoch=0, res=224, alpha=0.2, cols=8):
+    """PNG of n samples, in groups of `cols` columns and three rows: the crop + flip alone,
+    after RandAugment(2, 10) (op names above each tile), and after mixup (alpha)."""
+    from ffcv.loader import Loader, OrderOption
+    from PIL import Image, ImageDraw
+    from ffcv.reader import Reader
+    total = int(Reader(str(beton)).num_samples)
+    if total < n:
+        raise ValueError(f"{beton} holds {total} images, fewer than --n {n}")
+    rows = {}
+    for name, randaug, mix in (('crop+flip', None, 0.0), ('randaug', (2, 10), 0.0),
+                               ('mixup', (2, 10), alpha)):
+        clock = AugmentClock(seed)
+        loader = Loader(str(beton), batch_size=n, num_workers=1, indices=np.arange(n),
+                        order=OrderOption.SEQUENTIAL, drop_last=False,
+                        pipelines=train_pipelines(clock, res=res, randaug=randaug,
+                                                  mixup_alpha=mix, num_classes=100000))
+        clock.set_epoch(epoch)
+        images, labels = next(iter(loader))
+        rows[name] = _to_uint8(np.asarray(images))
+    a = mixup_coefficient(seed, epoch, 0, alpha)
+    cap = 12
+    groups = -(-n // cols)
+    sheet = Image.new('RGB', (cols * res, groups * 3 * (res + cap)), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for i in range(n):
+        g, c = divmod(i, cols)
+        ops = randaug_draws(seed, epoch, i, res, res)
+        captions = (f"#{i} crop+flip", "+".join(op for op, _, _ in ops),
+                    f"mix a={a:.3f} w/ #{(i - 1) % n}")
+        for r, key in enumerate(('crop+flip', 'randaug', 'mixup')):
+            y0 = (g * 3 + r) * (res + cap)
+            sheet.paste(Image.fromarray(rows[key][i]), (c * res, y0 + cap))
+            draw.text((c * res + 2, y0), captions[r][:res // 6], fill=(0, 0, 0))
+    tmp = f"{out}.tmp.png"
+    sheet.save(tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--beton', required=True, help="a .beton with 'image' and 'label'")
+    p.add_argument('--out', help="write a PNG grid of augmented samples here")
+    p.add_argument('--n', type=int, default=32, help="samples in the grid (first n)")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--epoch', type=int, default=0)
+    p.add_argument('--res', type=int, default=224, help="output resolution")
+    p.add_argument('--alpha', type=float, default=0.2, help="mixup alpha for the grid")
+    p.add_argument('--bench', type=int, default=0, metavar='BATCHES',
+                   help="time BATCHES batches of the full pipeline and of crop+flip alone")
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--workers', type=int, nargs='+', default=[1, 2],
+                   help="worker-thread counts to time")
+    p.add_argument('--write-photos', type=int, default=0, metavar='N',
+                   help="first write --beton: N views of scikit-image's bundled photographs")
+    p.add_argument('--max-side', type=int, default=500, help="with --write-photos")
+    p.add_argument('--quality', type=int, default=90, help="JPEG quality, --write-photos")
+    args = p.parse_args(argv)
+    if args.write_photos:
+        import skimage.data
+        names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+                 "immunohistochemistry", "retina", "colorwheel")
+        photos = {k: np.ascontiguousarray(getattr(skimage.data, k)()[..., :3])
+                  for k in names}
+        print("wrote", write_photo_beton(args.beton, photos, args.write_photos,
+                                         args.max_side, args.quality, args.seed))
+    if not os.path.exists(args.beton):
+        p.error(f"--beton {args.beton}: no such file (write one with write_ffcv.py)")
+    if not (args.out or args.bench or args.write_photos):
+        p.error("nothing to do: give --out grid.png and/or --bench BATCHES")
+    if args.out:
+        print("wrote", write_grid(args.beton, args.out, args.n, args.seed, args.epoch,
+                                  args.res, args.alpha))
+    if args.bench:
+        print(f"{'workers':>7} {'pipeline':>9} {'img/s':>8} {'img/s/core':>10}")
+        for nw in args.workers:
+            speeds = {}
+            for kind in ('baseline', 'full', 'ffcv'):
+                speeds[kind] = bench_loader(args.beton, batch_size=args.batch_size,
+                                            num_workers=nw, res=args.res, kind=kind,
+                                            batches=args.bench, seed=args.seed)
+                print(f"{nw:>7} {kind:>9} {speeds[kind]:8.0f} {speeds[kind] / nw:10.0f}",
+                      flush=True)
+            print(f"{nw:>7} full / baseline time: "
+                  f"{speeds['baseline'] / speeds['full']:.2f}x", flush=True)
+
+
+if __name__ == '__main__':
+    main()
