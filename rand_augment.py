@@ -65,7 +65,7 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _mix64(z):
     """splitmix64's finaliser: a bijection of uint64 with full avalanche."""
     z = (z ^ (z >> np.uint64(30))) * _M1
@@ -73,7 +73,7 @@ def _mix64(z):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def draw_key(seed, epoch, index, stream):
     """The 64-bit key of one random stream: (seed, epoch, sample or batch index, stream)."""
     h = _mix64(np.uint64(seed) + _GOLDEN)
@@ -82,7 +82,7 @@ def draw_key(seed, epoch, index, stream):
     return _mix64(h ^ np.uint64(stream))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def uniform(key, k):
     """The k-th uniform float64 in [0, 1) of stream `key` (53 random bits)."""
     bits = _mix64(key + np.uint64(k + 1) * _GOLDEN) >> np.uint64(11)
@@ -103,7 +103,7 @@ def _voidptr(typingctx, addr):
     return types.voidptr(addr), codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _clock_view(addr):
     """The AugmentClock's live int64[4] array [seed, epoch, image_batch, label_batch]."""
     return numba.carray(_voidptr(addr), (4,), np.int64)
@@ -158,7 +158,7 @@ class AugmentClock:
 # ---------------------------------------------------------------------------------------
 # Inception crop.
 # ---------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def sample_crop(seed, epoch, index, height, width, area_lo, area_hi, aspect_lo, aspect_hi,
                 attempts):
     """(y, x, h, w) of the reference's inception crop for one sample.
@@ -181,7 +181,7 @@ def sample_crop(seed, epoch, index, height, width, area_lo, area_hi, aspect_lo, 
     return np.int64(0), np.int64(0), np.int64(height), np.int64(width)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def sample_crops(seed, epoch, indices, height, width, area_lo=0.05, area_hi=1.0,
                  aspect_lo=0.75, aspect_hi=1.33, attempts=100):
     """int64[len(indices), 4] of (y, x, h, w): many crops at once, for tests."""
@@ -265,13 +265,13 @@ class InceptionCropDecoder(ResizedCropRGBImageDecoder):
 # ---------------------------------------------------------------------------------------
 # Horizontal flip.
 # ---------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def flip_draw(seed, epoch, index, p):
     """True when sample `index` is flipped this epoch."""
     return uniform(draw_key(seed, epoch, index, _FLIP), 0) < p
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _flip_inplace(img):
     width = img.shape[1]
     for y in range(img.shape[0]):
@@ -319,7 +319,7 @@ _NUM_OPS = len(OP_NAMES)
 _CUTOUT = OP_NAMES.index("Cutout")
 
 
-@njit(nogil=True)
+@njit(nogil=True, fastmath=False, error_model="python")
 def _layer_draw(key, layer, magnitude, fixed, height, width):
     """(op index, argument, cutout centre y, x) of one RandAugment layer.
 
@@ -333,7 +333,7 @@ def _layer_draw(key, layer, magnitude, fixed, height, width):
     return op, level_to_arg(op, magnitude, negate, fixed), cy, cx
 
 
-@njit(nogil=True)
+@njit(nogil=True, fastmath=False, error_model="python")
 def _randaug_one(img, scratch, seed, epoch, index, num_layers, magnitude, fixed):
     """Apply `num_layers` uniformly chosen ops (with replacement, always applied) in place."""
     key = draw_key(seed, epoch, index, _RANDAUG)
@@ -402,7 +402,7 @@ class RandAugment(Operation):
 # ---------------------------------------------------------------------------------------
 # value_range(-1, 1) and mixup.
 # ---------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def value_range():
     """float32[256]: uint8 v -> v / 255 * 2 - 1, in float32 as TF computes it."""
     lut = np.empty(256, dtype=np.float32)
@@ -411,7 +411,7 @@ def value_range():
     return lut
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def mixup_coefficient(seed, epoch, batch, alpha):
     """The reference's a for one batch: Beta(alpha, alpha) folded to max(a, 1 - a), as
     float32; 1 when alpha <= 0 (no mixing). A pure function of (seed, epoch, batch)."""
@@ -423,7 +423,7 @@ def mixup_coefficient(seed, epoch, batch, alpha):
     return max(a, np.float32(1.0) - a)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _normalize_mix_one(img, partner, dst, lut, a):
     """dst = a * n(img) + (1 - a) * n(partner) in float32, n = value_range."""
     b = np.float32(1.0) - a
@@ -433,7 +433,7 @@ def _normalize_mix_one(img, partner, dst, lut, a):
                 dst[y, x, c] = a * lut[img[y, x, c]] + b * lut[partner[y, x, c]]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _normalize_one(img, dst, lut):
     for y in range(img.shape[0]):
         for x in range(img.shape[1]):
@@ -536,7 +536,7 @@ class LabelMixup(Operation):
                 AllocationQuery((self.num_classes,), np.dtype(np.float32)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _two_hot(labels, dst, a, num_classes):
     n = labels.shape[0]
     b = np.float32(1.0) - a

@@ -1,0 +1,305 @@
+"""rand_augment.py against the recipe (../shared/RECIPE.md, "Train preprocessing",
+"RandAugment", "Mixup"): the samplers statistically on thousands of draws, and the FFCV
+operations through real Loaders on a small .beton of real photographs.
+
+The Loaders compile their pipelines with numba (seconds each), so the test builds five,
+once per module, and every loader test reads their recorded batches:
+  crop    decode + crop + flip, normalised without mixing   (1 thread)
+  pre     + RandAugment(2, 10), no mixing                   (1 thread)
+  full2   + mixup 0.2: the full train pipeline              (2 threads), epochs 0 and 1
+  full1   the same                                          (1 thread)
+  rank1   the same over samples 8.. only (another "rank", or a resumed epoch)
+"""
+import gc
+import queue
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from scipy import stats
+
+import rand_augment as ra
+
+SEED, RES, BS, N, NUM_CLASSES, ALPHA = 11, 32, 8, 24, 10, 0.2
+STRIP = 5                      # a 6x200 image: no 5%-area box of aspect <= 1.33 fits
+AREA, ASPECT = (0.05, 1.0), (0.75, 1.33)
+
+
+# ---------------------------------------------------------------------------- samplers
+def test_crop_proposals_are_uniform_in_area_and_aspect():
+    # With area <= 0.5 every proposal fits a square image, so the accepted boxes are the
+    # first proposals: area fraction ~ U(0.05, 0.5), aspect w/h ~ U(0.75, 1.33).
+    size, n = 4000, 4000
+    crops = ra.sample_crops(SEED, 0, np.arange(n), size, size, 0.05, 0.5, *ASPECT, 100)
+    y, x, h, w = crops.T
+    area = h * w / size ** 2
+    aspect = w / h
+    assert stats.kstest(area, stats.uniform(0.05, 0.45).cdf).pvalue > 1e-3
+    assert stats.kstest(aspect, stats.uniform(0.75, 0.58).cdf).pvalue > 1e-3
+    # ... and not log-uniform (torchvision's RandomResizedCrop, FFCV's decoder)
+    loguni = stats.loguniform(0.75, 1.33).cdf
+    assert stats.kstest(aspect, loguni).pvalue < 1e-6
+    # offsets uniform over the valid range
+    assert stats.kstest(y / (size - h + 1), "uniform").pvalue > 1e-3
+    assert stats.kstest(x / (size - w + 1), "uniform").pvalue > 1e-3
+    assert (y >= 0).all() and (y + h <= size).all() and (x + w <= size).all()
+
+
+def _spec_crop(rng, height, width):
+    """The recipe's inception crop, written independently in numpy."""
+    for _ in range(100):
+        area = rng.uniform(*AREA) * height * width
+        aspect = rng.uniform(*ASPECT)
+        w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return h, w
+    return height, width
+
+
+@pytest.mark.parametrize("height,width", [(300, 400), (500, 120)])
+def test_crop_distribution_matches_the_spec(height, width):
+    n = 3000
+    crops = ra.sample_crops(SEED, 3, np.arange(n), height, width, *AREA, *ASPECT, 100)
+    rng = np.random.default_rng(0)
+    ref = np.array([_spec_crop(rng, height, width) for _ in range(n)])
+    for ours, theirs in ((crops[:, 2] * crops[:, 3], ref[:, 0] * ref[:, 1]),
+                         (crops[:, 3] / crops[:, 2], ref[:, 1] / ref[:, 0])):
+        assert stats.ks_2samp(ours, theirs).pvalue > 1e-3
+
+
+def test_crop_fallback_is_the_whole_image_and_draws_are_pure():
+    crops = ra.sample_crops(SEED, 0, np.arange(500), 6, 200, *AREA, *ASPECT, 100)
+    assert (crops == [0, 0, 6, 200]).all()
+    a = ra.sample_crops(SEED, 0, np.arange(200), 300, 400, *AREA, *ASPECT, 100)
+    assert np.array_equal(a, ra.sample_crops(SEED, 0, np.arange(200), 300, 400,
+                                             *AREA, *ASPECT, 100))
+    other_epoch = ra.sample_crops(SEED, 1, np.arange(200), 300, 400, *AREA, *ASPECT, 100)
+    other_seed = ra.sample_crops(SEED + 1, 0, np.arange(200), 300, 400, *AREA, *ASPECT, 100)
+    assert (a != other_epoch).any(axis=1).mean() > 0.95
+    assert (a != other_seed).any(axis=1).mean() > 0.95
+
+
+def test_flip_rate():
+    flips = np.array([ra.flip_draw(SEED, 0, i, 0.5) for i in range(20000)])
+    assert abs(flips.mean() - 0.5) < 4 * 0.5 / np.sqrt(flips.size)
+    assert not any(ra.flip_draw(SEED, 0, i, 0.0) for i in range(100))
+
+
+def test_op_choice_is_uniform_and_signs_are_fair():
+    draws = [ra.randaug_draws(SEED, 2, i, 224, 224) for i in range(4000)]
+    ops = [name for d in draws for name, _, _ in d]
+    counts = np.array([ops.count(name) for name in ra.OP_NAMES])
+    assert stats.chisquare(counts).pvalue > 1e-3
+    # the two layers draw independently (with replacement: the same op twice happens)
+    same = np.mean([d[0][0] == d[1][0] for d in draws])
+    assert abs(same - 1 / 16) < 0.02
+    rot = np.array([arg for d in draws for name, arg, _ in d if name == "Rotate"])
+    assert set(np.abs(rot)) == {30.0} and abs((rot < 0).mean() - 0.5) < 0.1
+    centres = np.array([c for d in draws for _, _, c in d])
+    assert centres.min() == 0 and centres.max() == 223
+
+
+def test_mixup_coefficient_distribution_and_fold():
+    a = np.array([ra.mixup_coefficient(SEED, 0, b, ALPHA) for b in range(4000)])
+    assert (a.astype(np.float32) == a).all(), "a float32 coefficient, as the reference"
+    assert (a >= 0.5).all() and (a <= 1).all()
+    beta = stats.beta(ALPHA, ALPHA)
+    folded_cdf = lambda t: np.clip(beta.cdf(t) - beta.cdf(1 - t), 0, 1)  # noqa: E731
+    # float32 rounds a few % of draws to exactly 1.0 (Beta(0.2, 0.2) piles up at the
+    # ends): test the share above 0.99, and the shape below it (no ties there).
+    top = folded_cdf(0.99)
+    assert abs((a > 0.99).mean() - (1 - top)) < 4 * np.sqrt(top * (1 - top) / a.size)
+    low = a[a <= 0.99]
+    assert stats.kstest(low, lambda t: folded_cdf(t) / top).pvalue > 1e-3
+    assert ra.mixup_coefficient(SEED, 0, 5, 0.0) == 1.0
+    assert ra.mixup_coefficient(SEED, 0, 5, ALPHA) == ra.mixup_coefficient(SEED, 0, 5, ALPHA)
+    assert ra.mixup_coefficient(SEED, 1, 5, ALPHA) != ra.mixup_coefficient(SEED, 0, 5, ALPHA)
+
+
+def test_clock_rejects_bad_values():
+    with pytest.raises(ValueError, match="seed"):
+        ra.AugmentClock(-1)
+    with pytest.raises(ValueError, match="first_batch"):
+        ra.AugmentClock(0).set_epoch(0, first_batch=-1)
+
+
+# ---------------------------------------------------------------------------- loaders
+@pytest.fixture(scope="module")
+def dataset(photos):
+    """24 views of real photographs, 40-120 px, plus a 6x200 strip; labels (i // 2) % 10
+    so that half the mixup pairs share a label."""
+    rng = np.random.default_rng(0)
+    names = sorted(photos)
+    images = []
+    for i in range(N):
+        if i == STRIP:
+            images.append(np.ascontiguousarray(cv2.resize(photos["rocket"], (200, 6),
+                                                          interpolation=cv2.INTER_AREA)))
+            continue
+        img = photos[names[i % len(names)]]
+        h, w = img.shape[:2]
+        side = int(rng.integers(40, 121))
+        size = (max(8, int(side * w / max(h, w))), max(8, int(side * h / max(h, w))))
+        images.append(np.ascontiguousarray(cv2.resize(img, size,
+                                                      interpolation=cv2.INTER_AREA)))
+    labels = [(i // 2) % NUM_CLASSES for i in range(N)]
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def beton(dataset, tmp_path_factory):
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    images, labels = dataset
+    path = str(tmp_path_factory.mktemp("beton") / "photos.beton")
+    items = list(zip(images, labels))
+    writer = DatasetWriter(path, {"image": RGBImageField(write_mode="raw"),
+                                  "label": IntField()}, num_workers=1, page_size=1 << 21)
+    writer.from_indexed_dataset(items)
+    return path
+
+
+def _epoch(loader, clock, epoch, first_batch=0):
+    """All batches of one epoch as numpy copies. Polls FFCV's background thread: when a
+    pipeline raises inside it, FFCV 1.0.2 would otherwise wait for its queue forever."""
+    clock.set_epoch(epoch, first_batch)
+    it = iter(loader)
+    out = []
+    while True:
+        try:
+            item = it.output_queue.get(timeout=1.0)
+        except queue.Empty:
+            if not it.is_alive():
+                raise RuntimeError("the FFCV loader thread died: see its traceback above")
+            continue
+        if item is None:
+            it.close()
+            return out
+        out.append(tuple(np.array(t) for t in item[1]))
+
+
+@pytest.fixture(scope="module")
+def runs(beton):
+    from ffcv.loader import Loader, OrderOption
+    out = {}
+
+    def run(name, workers, randaug, alpha, indices=None, epochs=(0,)):
+        clock = ra.AugmentClock(SEED)
+        pipes = ra.train_pipelines(clock, res=RES, randaug=randaug, mixup_alpha=alpha,
+                                   num_classes=NUM_CLASSES)
+        loader = Loader(beton, batch_size=BS, num_workers=workers, indices=indices,
+                        order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipes)
+        out[name] = {e: _epoch(loader, clock, e) for e in epochs}
+        out[name]["loader"], out[name]["clock"] = loader, clock
+
+    run("crop", 1, None, 0.0)
+    run("pre", 1, (2, 10), 0.0)
+    run("full2", 2, (2, 10), ALPHA, epochs=(0, 1))
+    run("full1", 1, (2, 10), ALPHA)
+    run("rank1", 1, (2, 10), ALPHA, indices=np.arange(BS, N))
+    yield out
+    # Free the loaders now, hushing the KeyError that numba's finaliser raises for FFCV's
+    # throw-away decoder dispatchers (harmless, and not ours).
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyError) else hook(u)
+    try:
+        out.clear()
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _u8(batches):
+    """Stack the image batches of an epoch and undo value_range exactly."""
+    x = np.concatenate([b[0] for b in batches])
+    u8 = np.round((x + 1) * 127.5).astype(np.uint8)
+    assert np.array_equal(ra.value_range()[u8], x), "not a normalised uint8 image"
+    return u8
+
+
+def _mix(u8, a):
+    """The reference's mixup of one batch, in float32."""
+    x = ra.value_range()[u8]
+    return a * x + (np.float32(1) - a) * np.roll(x, 1, axis=0)
+
+
+def test_crop_and_flip_through_the_loader(runs, dataset):
+    images, _ = dataset
+    batches = runs["crop"][0]
+    assert [b[0].shape for b in batches] == [(BS, RES, RES, 3)] * (N // BS)
+    assert all(b[0].dtype == np.float32 for b in batches)
+    got = _u8(batches)
+    flips = 0
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        y, x, ch, cw = ra.sample_crop(SEED, 0, i, h, w, *AREA, *ASPECT, 100)
+        if i == STRIP:
+            assert (y, x, ch, cw) == (0, 0, h, w)
+        want = cv2.resize(img[y:y + ch, x:x + cw], (RES, RES), interpolation=cv2.INTER_AREA)
+        if ra.flip_draw(SEED, 0, i, 0.5):
+            want, flips = want[:, ::-1], flips + 1
+        diff = np.abs(want.astype(int) - got[i].astype(int))
+        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, f"sample {i}"
+    assert 0 < flips < N
+
+
+def test_randaug_through_the_loader_equals_apply_op(runs):
+    crops, pre = _u8(runs["crop"][0]), _u8(runs["pre"][0])
+    for i in range(N):
+        want = crops[i]
+        for name, arg, centre in ra.randaug_draws(SEED, 0, i, RES, RES):
+            if name == "Cutout":
+                want = ra.apply_op(want, name, arg, center=centre)
+            elif name in ("AutoContrast", "Equalize", "Invert"):
+                want = ra.apply_op(want, name)
+            else:
+                want = ra.apply_op(want, name, arg)
+        assert np.array_equal(want, pre[i]), f"sample {i}: {ra.randaug_draws(SEED, 0, i, RES, RES)}"
+
+
+def _check_mixup(batches, pre_u8, labels, first_batch, epoch=0):
+    for b, (x, y) in enumerate(batches, start=first_batch):
+        a = ra.mixup_coefficient(SEED, epoch, b, ALPHA)
+        assert 0.5 <= a < 1
+        np.testing.assert_array_equal(x, _mix(pre_u8[b * BS:(b + 1) * BS], a))
+        lab = np.asarray(labels[b * BS:(b + 1) * BS])
+        want = np.zeros((BS, NUM_CLASSES), np.float32)
+        want[np.arange(BS), lab] += a
+        want[np.arange(BS), np.roll(lab, 1)] += np.float32(1) - a
+        np.testing.assert_array_equal(y, want)
+        np.testing.assert_allclose(y.sum(1), 1, atol=1e-6)
+
+
+def test_mixup_images_and_two_hot_labels(runs, dataset):
+    _check_mixup(runs["full2"][0], _u8(runs["pre"][0]), dataset[1], 0)
+
+
+def test_same_batches_whatever_the_thread_count(runs):
+    for (x2, y2), (x1, y1) in zip(runs["full2"][0], runs["full1"][0], strict=True):
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+
+
+def test_another_epoch_gets_other_draws(runs):
+    e0, e1 = runs["full2"][0], runs["full2"][1]
+    for (x0, y0), (x1, y1) in zip(e0, e1, strict=True):
+        assert np.abs(x0 - x1).mean() > 0.05
+        assert y0[0].max() != y1[0].max()       # another mixup coefficient
+    assert runs["full2"]["clock"].batches == (N // BS, N // BS)
+
+
+def test_same_coefficient_on_another_rank_and_resume(runs, dataset):
+    # rank 1 sees other samples (8..23) but its batch 0 gets rank 0's coefficient
+    loader, clock = runs["rank1"]["loader"], runs["rank1"]["clock"]
+    pre = _u8(runs["pre"][0])
+    rank1 = runs["rank1"][0]
+    a = ra.mixup_coefficient(SEED, 0, 0, ALPHA)
+    # (row 0's partner, the batch's last image, has another label: its max is a)
+    assert rank1[0][1][0].max() == a == runs["full2"][0][0][1][0].max()
+    np.testing.assert_array_equal(rank1[0][0], _mix(pre[BS:2 * BS], a))
+    # resuming epoch 0 at batch 1 with a loader that starts at sample 8 reproduces the
+    # uninterrupted epoch's batches 1 and 2 exactly
+    resumed = _epoch(loader, clock, 0, first_batch=1)
+    for (xr, yr), (xf, yf) in zip(resumed, runs["full2"][0][1:], strict=True):
+        assert np.array_equal(xr, xf) and np.array_equal(yr, yf)
+    _check_mixup(resumed, pre, dataset[1], first_batch=1)
