@@ -58,7 +58,11 @@ FILL = 128            # replace value of the geometric ops and Cutout
 CUTOUT_CONST = 40     # HParams(cutout_const=40, translate_const=100) of RandAugment
 TRANSLATE_CONST = 100
 
-_jit = njit(cache=True, nogil=True)
+# fastmath and error_model are set explicitly because numba otherwise inherits them from
+# the caller: FFCV compiles its pipeline stages with fastmath=True, and the cached build of
+# a kernel first compiled from there would then be a fastmath one for every caller
+# (hundreds of Rotate pixels off the reference).
+_jit = njit(cache=True, nogil=True, fastmath=False, error_model="python")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -329,3 +329,15 @@ def test_apply_op_returns_a_new_array():
 def test_apply_op_rejects_bad_input(image, name, args, match):
     with pytest.raises(ValueError, match=match):
         A.apply_op(image, name, *args)
+
+
+def test_every_kernel_pins_fastmath_off():
+    """numba inherits fastmath/error_model from the caller unless set: FFCV's stages compile
+    with fastmath=True, and the cached fastmath build would then break bit-exactness for
+    every caller. Every kernel of the module must set both explicitly."""
+    from numba.core.registry import CPUDispatcher
+    kernels = {name: f for name, f in vars(A).items() if isinstance(f, CPUDispatcher)}
+    assert len(kernels) >= 16, sorted(kernels)
+    for name, kernel in kernels.items():
+        assert kernel.targetoptions.get("fastmath") is False, name
+        assert kernel.targetoptions.get("error_model") == "python", name
