@@ -202,7 +202,7 @@ def runs(beton):
     # Free the loaders now, hushing the KeyError that numba's finaliser raises for FFCV's
     # throw-away decoder dispatchers (harmless, and not ours).
     hook = sys.unraisablehook
-    sys.unraisablehook = lambda u: None if isinstance(u.exc_value, KeyError) else hook(u)
+    sys.unraisablehook = lambda u: None if ra.is_ffcv_finalizer_noise(u) else hook(u)
     try:
         out.clear()
         gc.collect()
