@@ -19,10 +19,11 @@ operations capture the array's *address* (an int) and view it with `numba.carray
 run time; that is how `clock.set_epoch(...)` reaches code FFCV compiled once.
 
 Usage (the trainer): build the Loader once with `train_pipelines(clock, ...)` plus
-ToTensor/ToDevice/ToTorchImage; before each `iter(loader)` call
-`clock.set_epoch(epoch, first_batch)`. FFCV runs the batches of an epoch in order in one
-background thread, so the mixup batch counters advance exactly once per batch. An
-epoch's iterator must be finished (or closed and joined) before the next set_epoch.
+ToTensor/ToDevice/ToTorchImage; each epoch iterate `epoch_iterator(loader, clock, epoch,
+first_batch)` (or call `clock.set_epoch(epoch)` before each `iter(loader)`). FFCV runs
+the batches of an epoch in order in one background thread, so the mixup batch counters
+advance exactly once per batch. An epoch's iterator must be finished (or closed and
+joined) before the next epoch starts, or its thread may still advance the counters.
 
 Accepted difference from the reference: the crop is resized with FFCV's resize (OpenCV
 INTER_AREA) instead of TF's bilinear resize.
@@ -50,7 +51,7 @@ from ffcv.pipeline.operation import Operation
 
 from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
 
-__all__ = ["AugmentClock", "InceptionCropDecoder", "RandomFlip", "RandAugment",
+__all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip", "RandAugment",
            "NormalizeMixup", "LabelMixup", "Normalize", "train_pipelines", "apply_op",
            "sample_crop", "sample_crops", "flip_draw", "randaug_draws",
            "mixup_coefficient", "value_range", "bench_loader", "OP_NAMES"]
@@ -154,6 +155,36 @@ class AugmentClock:
     def __repr__(self):
         return (f"AugmentClock(seed={self.seed}, epoch={self.epoch}, "
                 f"batches={self.batches})")
+
+
+class _SkipOnce:
+    """A TraversalOrder wrapper that drops the first `skip` samples of the next epoch's
+    order only, then puts the original order back (FFCV 1.0.2 Loader internals)."""
+
+    def __init__(self, loader, skip):
+        self.loader, self.inner, self.skip = loader, loader.traversal_order, skip
+
+    def sample_order(self, epoch):
+        self.loader.traversal_order = self.inner
+        return self.inner.sample_order(epoch)[self.skip:]
+
+
+def epoch_iterator(loader, clock, epoch, first_batch=0):
+    """iter(loader) for `epoch`, starting at batch `first_batch` (resume mid-epoch).
+
+    Sets the clock (augmentation draws and mixup batch ordinals) and FFCV's own epoch
+    counter (the shuffling order), and makes FFCV skip the epoch's first batches without
+    decoding them. Per rank under distributed=True: batch k of this rank's order. The
+    previous epoch's iterator must be exhausted or closed first.
+    """
+    if first_batch < 0 or first_batch > len(loader):
+        raise ValueError(f"epoch_iterator: first_batch {first_batch} outside [0, "
+                         f"{len(loader)}] batches of this loader")
+    clock.set_epoch(epoch, first_batch)
+    loader.next_epoch = epoch
+    if first_batch:
+        loader.traversal_order = _SkipOnce(loader, first_batch * loader.batch_size)
+    return iter(loader)
 
 
 # ---------------------------------------------------------------------------------------

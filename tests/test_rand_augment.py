@@ -163,8 +163,7 @@ def beton(dataset, tmp_path_factory):
 def _epoch(loader, clock, epoch, first_batch=0):
     """All batches of one epoch as numpy copies. Polls FFCV's background thread: when a
     pipeline raises inside it, FFCV 1.0.2 would otherwise wait for its queue forever."""
-    clock.set_epoch(epoch, first_batch)
-    it = iter(loader)
+    it = ra.epoch_iterator(loader, clock, epoch, first_batch)
     out = []
     while True:
         try:
@@ -297,9 +296,23 @@ def test_same_coefficient_on_another_rank_and_resume(runs, dataset):
     # (row 0's partner, the batch's last image, has another label: its max is a)
     assert rank1[0][1][0].max() == a == runs["full2"][0][0][1][0].max()
     np.testing.assert_array_equal(rank1[0][0], _mix(pre[BS:2 * BS], a))
-    # resuming epoch 0 at batch 1 with a loader that starts at sample 8 reproduces the
+    # setting the clock to batch 1 on a loader that starts at sample 8 reproduces the
     # uninterrupted epoch's batches 1 and 2 exactly
-    resumed = _epoch(loader, clock, 0, first_batch=1)
-    for (xr, yr), (xf, yf) in zip(resumed, runs["full2"][0][1:], strict=True):
+    clock.set_epoch(0, first_batch=1)
+    shifted = [tuple(np.array(t) for t in b) for b in loader]
+    for (xr, yr), (xf, yf) in zip(shifted, runs["full2"][0][1:], strict=True):
         assert np.array_equal(xr, xf) and np.array_equal(yr, yf)
-    _check_mixup(resumed, pre, dataset[1], first_batch=1)
+
+
+def test_resume_mid_epoch(runs, dataset):
+    # epoch_iterator(..., first_batch=2) on the full loader: FFCV skips batches 0 and 1,
+    # the clock counts from 2, and batch 2 comes out as in the uninterrupted epoch 1
+    loader, clock = runs["full2"]["loader"], runs["full2"]["clock"]
+    resumed = _epoch(loader, clock, 1, first_batch=2)
+    assert len(resumed) == 1 and clock.batches == (3, 3)
+    assert all(np.array_equal(r, f) for r, f in zip(resumed[0], runs["full2"][1][2]))
+    again = _epoch(loader, clock, 1)          # the skip applied to that epoch only
+    assert len(again) == N // BS
+    assert all(np.array_equal(r, f) for r, f in zip(again[0], runs["full2"][1][0]))
+    with pytest.raises(ValueError, match="first_batch"):
+        ra.epoch_iterator(loader, clock, 0, first_batch=N // BS + 1)
