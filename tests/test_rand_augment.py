@@ -9,6 +9,7 @@ once per module, and every loader test reads their recorded batches:
   full2   + mixup 0.2: the full train pipeline              (2 threads), epochs 0 and 1
   full1   the same                                          (1 thread)
   rank1   the same over samples 8.. only (another "rank", or a resumed epoch)
+  device  the same, normalised and mixed by the torch stage DeviceNormalizeMixup
 """
 import gc
 import queue
@@ -175,7 +176,7 @@ def _epoch(loader, clock, epoch, first_batch=0):
         if item is None:
             it.close()
             return out
-        out.append(tuple(np.array(t) for t in item[1]))
+        out.append(tuple(np.array(t.numpy() if hasattr(t, "numpy") else t) for t in item[1]))
 
 
 @pytest.fixture(scope="module")
@@ -183,10 +184,12 @@ def runs(beton):
     from ffcv.loader import Loader, OrderOption
     out = {}
 
-    def run(name, workers, randaug, alpha, indices=None, epochs=(0,)):
+    def run(name, workers, randaug, alpha, indices=None, epochs=(0,), on_device=False):
         clock = ra.AugmentClock(SEED)
         pipes = ra.train_pipelines(clock, res=RES, randaug=randaug, mixup_alpha=alpha,
-                                   num_classes=NUM_CLASSES)
+                                   num_classes=NUM_CLASSES, mix_on_device=on_device)
+        if on_device:   # the torch stage, on the CPU here (the same code runs on a GPU)
+            pipes["image"] += ra.device_tail(clock, "cpu", alpha)
         loader = Loader(beton, batch_size=BS, num_workers=workers, indices=indices,
                         order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipes)
         out[name] = {e: _epoch(loader, clock, e) for e in epochs}
@@ -197,6 +200,7 @@ def runs(beton):
     run("full2", 2, (2, 10), ALPHA, epochs=(0, 1))
     run("full1", 1, (2, 10), ALPHA)
     run("rank1", 1, (2, 10), ALPHA, indices=np.arange(BS, N))
+    run("device", 1, (2, 10), ALPHA, on_device=True)
     yield out
     # Free the loaders now, hushing the KeyError that numba's finaliser raises for FFCV's
     # throw-away decoder dispatchers (harmless, and not ours).
@@ -316,3 +320,10 @@ def test_resume_mid_epoch(runs, dataset):
     assert all(np.array_equal(r, f) for r, f in zip(again[0], runs["full2"][1][0]))
     with pytest.raises(ValueError, match="first_batch"):
         ra.epoch_iterator(loader, clock, 0, first_batch=N // BS + 1)
+
+
+def test_mixing_on_the_device_gives_the_same_numbers(runs):
+    for (xd, yd), (x, y) in zip(runs["device"][0], runs["full2"][0], strict=True):
+        assert xd.shape == (BS, 3, RES, RES) and xd.dtype == np.float32
+        assert np.array_equal(xd, x.transpose(0, 3, 1, 2)) and np.array_equal(yd, y)
+    assert runs["device"]["clock"].batches == (N // BS, N // BS)
