@@ -23,7 +23,8 @@ ToTensor/ToDevice/ToTorchImage; each epoch iterate `epoch_iterator(loader, clock
 first_batch)` (or call `clock.set_epoch(epoch)` before each `iter(loader)`). FFCV runs
 the batches of an epoch in order in one background thread, so the mixup batch counters
 advance exactly once per batch. An epoch's iterator must be finished (or closed and
-joined) before the next epoch starts, or its thread may still advance the counters.
+joined, which epoch_iterator does) before the next epoch starts, or its thread may still
+advance the counters.
 
 Accepted difference from the reference: the crop is resized with FFCV's resize (OpenCV
 INTER_AREA) instead of TF's bilinear resize.
@@ -175,17 +176,24 @@ def epoch_iterator(loader, clock, epoch, first_batch=0):
 
     Sets the clock (augmentation draws and mixup batch ordinals) and FFCV's own epoch
     counter (the shuffling order), and makes FFCV skip the epoch's first batches without
-    decoding them. Per rank under distributed=True: batch k of this rank's order. The
-    previous epoch's iterator must be exhausted or closed first.
+    decoding them. Per rank under distributed=True: batch k of this rank's order.
+    If the clock's previous iterator is still running (the caller broke out of an epoch),
+    it is closed and joined first: its thread would otherwise keep preparing batches and
+    advance the new epoch's batch counters.
     """
     if first_batch < 0 or first_batch > len(loader):
         raise ValueError(f"epoch_iterator: first_batch {first_batch} outside [0, "
                          f"{len(loader)}] batches of this loader")
+    previous = getattr(clock, "_iterator", None)
+    if previous is not None and previous.is_alive():
+        previous.close()
+        previous.join()
     clock.set_epoch(epoch, first_batch)
     loader.next_epoch = epoch
     if first_batch:
         loader.traversal_order = _SkipOnce(loader, first_batch * loader.batch_size)
-    return iter(loader)
+    clock._iterator = iter(loader)
+    return clock._iterator
 
 
 # ---------------------------------------------------------------------------------------

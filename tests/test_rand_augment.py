@@ -320,6 +320,11 @@ def test_resume_mid_epoch(runs, dataset):
     assert all(np.array_equal(r, f) for r, f in zip(again[0], runs["full2"][1][0]))
     with pytest.raises(ValueError, match="first_batch"):
         ra.epoch_iterator(loader, clock, 0, first_batch=N // BS + 1)
+    # breaking out of an epoch: the next epoch_iterator stops the old thread first
+    next(ra.epoch_iterator(loader, clock, 1))
+    again = _epoch(loader, clock, 1)
+    assert len(again) == N // BS and clock.batches == (N // BS, N // BS)
+    assert all(np.array_equal(r, f) for r, f in zip(again[-1], runs["full2"][1][-1]))
 
 
 def test_mixing_on_the_device_gives_the_same_numbers(runs):
