@@ -26,6 +26,10 @@ advance exactly once per batch. An epoch's iterator must be finished (or closed 
 joined, which epoch_iterator does) before the next epoch starts, or its thread may still
 advance the counters.
 
+Normalise + mixup can also run on the GPU after ToDevice (train_pipelines(...,
+mix_on_device=True) + device_tail(...)): the same float32 numbers, a quarter of the
+host-to-device bytes, and about 50 us less CPU per 224 px image.
+
 Accepted difference from the reference: the crop is resized with FFCV's resize (OpenCV
 INTER_AREA) instead of TF's bilinear resize.
 
@@ -52,11 +56,11 @@ from ffcv.pipeline.operation import Operation
 
 from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
 
-__all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip", "RandAugment",
-           "NormalizeMixup", "DeviceNormalizeMixup", "device_tail", "LabelMixup",
-           "Normalize", "train_pipelines", "apply_op",
-           "sample_crop", "sample_crops", "flip_draw", "randaug_draws",
-           "mixup_coefficient", "value_range", "bench_loader", "OP_NAMES"]
+__all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip",
+           "RandAugment", "NormalizeMixup", "DeviceNormalizeMixup", "device_tail",
+           "LabelMixup", "Normalize", "train_pipelines", "apply_op", "sample_crop",
+           "sample_crops", "flip_draw", "randaug_draws", "mixup_coefficient", "value_range",
+           "bench_loader", "OP_NAMES"]
 
 # Stream ids: each random decision gets its own stream so that no two ops share draws.
 _CROP, _FLIP, _RANDAUG, _MIXUP = 1, 2, 3, 4
