@@ -41,5 +41,9 @@ $(STAMP): requirements.txt requirements-dev.txt | sysdeps
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# The whole path on scikit-learn's bundled digits: write, convert, train, summary (CPU).
+demo: install
+	$(BIN)/python demo.py
+
 clean:
 	rm -rf $(VENV) .numba_cache .pytest_cache

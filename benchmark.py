@@ -1,0 +1,331 @@
+"""Speed benchmarks: what each part of training costs on this machine. Each command prints
+its figures last; README's speed table is made of their output and nothing else.
+
+  python benchmark.py loader --beton train.beton      # train loader: recipe vs decode+crop+flip
+  python benchmark.py step --variant S/16 --batch-size 128   # fwd + bwd + AdamW on synthetic
+                                                              # batches on the device, and MFU
+  python benchmark.py full --config-file configs/vit_s16_90ep.yaml --steps 100 \
+      --data.train_dataset=train.beton          # real training steps (train_vit.py itself)
+  python benchmark.py project --step-img-s 3000 --loader-img-s-per-core 900   # the table's method
+  python benchmark.py photos --out /tmp/photos          # ImageNet-sized JPEGs of real photographs
+  python benchmark.py storage --images /tmp/photos      # each write_ffcv storage setting: size,
+                                                        # loader img/s per core (what to choose)
+
+Every command runs on CPU too (with a tiny --variant); none changes the recipe: `step` and
+`full` time train_vit's own optimization step, `loader` train_vit's own pipelines.
+"""
+import argparse
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import vit
+
+TPU_90EP_S = 6.5 * 3600          # TPUv3-8, ViT-S/16 90 epochs (RECIPE.md)
+IMAGENET_TRAIN = 1_268_355       # the 99% of ImageNet-1k train the recipe trains on
+
+
+def _device(name):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak_tflops(device, dtype=torch.bfloat16, n=None, repeats=10):
+    """Matmul throughput of this device with one large square matmul, in TFLOP/s: the
+    denominator of MFU, measured in the same run rather than read off a datasheet."""
+    n = n or (8192 if device.type == "cuda" else 512)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(device)
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def flash_attention_status(device, heads, head_dim):
+    """Whether SDPA's flash kernel accepts this model's attention shape in bf16."""
+    if device.type != "cuda":
+        return "n/a (cpu)"
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q = torch.randn(2, heads, 196, head_dim, device=device, dtype=torch.bfloat16)
+    try:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        return "used (flash kernel accepts the shape)"
+    except RuntimeError as err:
+        return f"NOT available: {str(err).splitlines()[0]}"
+
+
+def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224,
+               num_classes=1000, precision="bf16"):
+    """Images/s of train_vit's optimization step on a synthetic batch already on the device,
+    and the optimizer's share of the step time."""
+    import train_vit
+    model = vit.ViT(variant, num_classes=num_classes, img_size=img_size).to(device)
+    optimizer = train_vit.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", device.type)
+    params = [p for p in model.parameters() if p.requires_grad]
+    run_model = train_vit.compile_model(model) if compile else model
+    images = torch.rand(batch_size, 3, img_size, img_size, device=device) * 2 - 1
+    targets = torch.softmax(torch.randn(batch_size, num_classes, device=device), dim=-1)
+
+    def step():
+        return train_vit.optimization_step(run_model, optimizer, params, images, targets,
+                                           precision, 1.0)
+
+    compile_start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warmup_s = time.perf_counter() - compile_start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    step_s = (time.perf_counter() - start) / steps
+    # The optimizer's share: the same AdamW update alone, on the gradients left by a step.
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    _sync(device)
+    opt_s = (time.perf_counter() - start) / steps
+    return {"img_s": batch_size / step_s, "step_ms": step_s * 1e3, "optimizer_ms": opt_s * 1e3,
+            "warmup_s": warmup_s, "flops_per_image": vit.flops_per_image(model)}
+
+
+def project(step_img_s, loader_img_s_per_core, gpus=8, cores=None, epochs=(90, 150, 300)):
+    """The README table's projection: one node trains at the slower of its GPUs (per-GPU step
+    rate x gpus) and its data loading (per-core loader rate x cores)."""
+    cores = cores or 16 * gpus
+    gpu_rate, data_rate = step_img_s * gpus, loader_img_s_per_core * cores
+    rate = min(gpu_rate, data_rate)
+    rows = []
+    for ep in epochs:
+        rows.append({"epochs": ep, "hours": ep * IMAGENET_TRAIN / rate / 3600,
+                     "bound": "GPU" if gpu_rate <= data_rate else "data",
+                     "tpu_hours": TPU_90EP_S * ep / 90 / 3600})
+    return gpu_rate, data_rate, rows
+
+
+def make_photo_folder(out, n=400, classes=4, seed=0):
+    """An ImageFolder of n ImageNet-sized JPEGs (500x375 and 375x500, source quality 75-96
+    as ImageNet's vary), random crops of scikit-image's bundled photographs: real image
+    statistics for decode benchmarks without downloading anything."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+    names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+             "immunohistochemistry", "retina", "colorwheel")
+    photos = [np.ascontiguousarray(getattr(skimage.data, k)()[..., :3]) for k in names]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        s = rng.uniform(0.5, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        folder = Path(out) / f"n{i % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[y:y + ch, x:x + cw]).resize((500, 375) if i % 3 else (375, 500),
+                                                          Image.BICUBIC).save(
+            folder / f"{i:05d}.JPEG", quality=int(rng.integers(75, 97)))
+    return Path(out)
+
+
+STORAGE_SETTINGS = {  # name -> write_ffcv options (train's default is 'proportion-95')
+    "raw": dict(write_mode="raw"),
+    "proportion-95": dict(write_mode="proportion", jpeg_quality=95, compress_probability=0.5),
+    "proportion-90": dict(write_mode="proportion", jpeg_quality=90, compress_probability=0.5),
+    "jpg-95": dict(write_mode="jpg", jpeg_quality=95),
+    "jpg-90": dict(write_mode="jpg", jpeg_quality=90),
+}
+
+
+def _hm(hours):
+    return f"{int(hours)} h {round(hours % 1 * 60):02d}"
+
+
+def cmd_step(args):
+    device = _device(args.device)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    width, depth, heads, mlp = vit.VARIANTS[args.variant.split("/")[0]]
+    print(f"step: ViT-{args.variant} at {args.img_size}px, batch {args.batch_size} on "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"{args.precision}, compile={'on' if args.compile else 'off'}, torch {torch.__version__}")
+    peak = measure_peak_tflops(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    r = bench_step(args.variant, args.batch_size, args.steps, args.warmup, args.compile, device,
+                   args.img_size, precision=args.precision)
+    mfu = r["img_s"] * r["flops_per_image"] / (peak * 1e12)
+    print(f"flash attention: {flash_attention_status(device, heads, width // heads)}")
+    print(f"warm-up ({args.warmup} steps, compile included): {r['warmup_s']:.1f} s")
+    print(f"step {r['step_ms']:.1f} ms, optimizer alone {r['optimizer_ms']:.2f} ms "
+          f"({r['optimizer_ms'] / r['step_ms']:.1%} of the step)")
+    print(f"measured {args.precision} matmul peak: {peak:.3g} TFLOP/s"
+          + (" (CPU: MFU of a tiny model is only a smoke figure)" if device.type == "cpu" else ""))
+    print(f"RESULT step: {r['img_s']:,.1f} img/s per device, "
+          f"{r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {mfu:.1%}")
+
+
+def cmd_loader(args):
+    import rand_augment
+    threads = args.workers or os.cpu_count()
+    print(f"loader: {args.beton}, batch {args.batch_size}, {threads} worker threads, "
+          f"res {args.res}, {args.batches} batches after 1 warm-up batch")
+    rates = {}
+    for name, full in (("decode+crop+flip", False), ("full recipe", True)):
+        rates[name] = rand_augment.bench_loader(
+            args.beton, batch_size=args.batch_size, num_workers=threads, res=args.res,
+            full=full, batches=args.batches)
+    base, full = rates["decode+crop+flip"], rates["full recipe"]
+    for name, rate in rates.items():
+        print(f"RESULT loader {name:>16}: {rate:,.0f} img/s, {rate / threads:,.0f} per worker")
+    print(f"RESULT loader RandAugment+mixup cost: +{base / full - 1:.0%} over decode+crop+flip")
+
+
+def cmd_full(args, overrides):
+    """train_vit.py itself for --steps steps, evals and checkpoints off, in a scratch folder;
+    the rate is that of its log windows after the first (which pays for compilation)."""
+    import json
+    import tempfile
+    import train_vit
+    folder = args.folder or tempfile.mkdtemp(prefix="bench_full_")
+    argv = ["--config-file", args.config_file, *overrides, f"--training.max_steps={args.steps}",
+            f"--logging.folder={folder}", f"--logging.log_every={args.log_every}",
+            "--logging.checkpoint_every=0", "--data.minival_dataset=", "--data.val_dataset=",
+            "--data.v2_dataset=", "--data.real=0"]
+    code = train_vit.main(argv)
+    if code:
+        raise SystemExit(f"benchmark.py full: train_vit.py exited with {code}")
+    log = [json.loads(line) for line in open(Path(folder) / "log.jsonl")]
+    windows = [r for r in log if "img_per_s" in r][1:]
+    if not windows:
+        raise SystemExit(f"benchmark.py full: fewer than two log windows in {folder}: raise "
+                         f"--steps above 2 x --log-every ({args.log_every})")
+    img_s = sum(r["img_per_s"] for r in windows) / len(windows)
+    wait = sum(r["data_wait"] for r in windows) / len(windows)
+    print(f"RESULT full: {img_s:,.1f} img/s over {len(windows)} windows of {args.log_every} "
+          f"steps after the first; waiting for data {wait:.0%} of the time (log: {folder})")
+
+
+def cmd_photos(args):
+    out = make_photo_folder(args.out, args.n)
+    print(f"RESULT photos: {args.n} JPEGs in {out}")
+
+
+def cmd_storage(args):
+    """Convert the same folder with each storage setting, then time the train loader on it."""
+    import write_ffcv
+    threads = args.workers or os.cpu_count()
+    work = Path(args.work or Path(args.images).with_name(Path(args.images).name + "_betons"))
+    print(f"storage: {args.images}, max_resolution {args.max_resolution}, loader with "
+          f"{threads} threads, batch {args.batch_size}, {args.batches} timed batches")
+    rows = []
+    for name in args.settings.split(","):
+        beton = work / f"{name}.beton"
+        meta = write_ffcv.convert(args.images, beton, "val", max_resolution=args.max_resolution,
+                                  overwrite=True, progress=False, **STORAGE_SETTINGS[name])
+        from ffcv.reader import Reader
+        kb = sum(int(r["size"]) for r in Reader(str(beton)).alloc_table) / meta["num_images"] / 1e3
+        rates = [_loader_rate(beton, args, full) for full in (False, True)]
+        rows.append((name, kb, *rates))
+    for name, kb, base, full in rows:
+        print(f"RESULT storage {name:>13}: {kb:6.1f} kB/img; decode+crop+flip "
+              f"{base / threads:,.0f} img/s per core, full recipe {full / threads:,.0f} img/s per core")
+
+
+def _loader_rate(beton, args, full):
+    import rand_augment
+    return rand_augment.bench_loader(beton, batch_size=args.batch_size, num_workers=args.workers
+                                     or os.cpu_count(), res=args.res, full=full,
+                                     batches=args.batches)
+
+
+def cmd_project(args):
+    gpu_rate, data_rate, rows = project(args.step_img_s, args.loader_img_s_per_core,
+                                        args.gpus, args.cores)
+    print(f"projection (not a measurement): {args.gpus} GPUs x {args.step_img_s:,.0f} img/s = "
+          f"{gpu_rate:,.0f} img/s; {args.cores or 16 * args.gpus} cores x "
+          f"{args.loader_img_s_per_core:,.0f} img/s = {data_rate:,.0f} img/s")
+    reported = {90: "TPUv3-8 6 h 30 (reported); 8x A100 port 5 h 41 (reported)",
+                300: "TPUv3-8 under 24 h (reported)"}
+    for row in rows:
+        ref = reported.get(row["epochs"], f"TPUv3-8 ~{_hm(row['tpu_hours'])} (90-ep time scaled)")
+        print(f"RESULT project {row['epochs']:>3} epochs: {_hm(row['hours'])} ({row['bound']}-bound)"
+              f" vs {ref}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("step", help="fwd + bwd + AdamW on synthetic batches already on the device")
+    p.add_argument("--variant", default="S/16", help="vit.py variant, e.g. S/16; mu/4 for a CPU smoke")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=128, help="per device (the recipe: 1024 / 8)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
+    p.add_argument("--compile", type=int, default=None, help="torch.compile (default: on for cuda)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+    p.set_defaults(fn=cmd_step)
+    p = sub.add_parser("loader", help="train loader alone: recipe vs decode+crop+flip, side by side")
+    p.add_argument("--beton", required=True, help="a train .beton written by write_ffcv.py")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--batches", type=int, default=20)
+    p.set_defaults(fn=cmd_loader)
+    p = sub.add_parser("full", help="real training steps: train_vit.py with evals off")
+    p.add_argument("--config-file", required=True, help="a train_vit.py config")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--log-every", type=int, default=10, help="steps per timing window")
+    p.add_argument("--folder", default=None, help="train_vit logging.folder (default: a temp dir)")
+    p.set_defaults(fn=cmd_full)
+    p = sub.add_parser("photos", help="write ImageNet-sized JPEGs cut from real photographs")
+    p.add_argument("--out", required=True, help="folder to create (ImageFolder layout)")
+    p.add_argument("--n", type=int, default=400)
+    p.set_defaults(fn=cmd_photos)
+    p = sub.add_parser("storage", help="write_ffcv storage settings: size and loader speed per core")
+    p.add_argument("--images", required=True, help="an ImageFolder, e.g. from `benchmark.py photos`")
+    p.add_argument("--settings", default=",".join(STORAGE_SETTINGS), help="comma-separated, of: "
+                   + ", ".join(STORAGE_SETTINGS))
+    p.add_argument("--work", default=None, help="where the betons go (default: beside --images)")
+    p.add_argument("--max-resolution", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
+    p.add_argument("--res", type=int, default=224)
+    p.add_argument("--batches", type=int, default=20)
+    p.set_defaults(fn=cmd_storage)
+    p = sub.add_parser("project", help="the projection method of README's table")
+    p.add_argument("--step-img-s", type=float, required=True, help="measured per-GPU step img/s")
+    p.add_argument("--loader-img-s-per-core", type=float, required=True, help="measured loader img/s per core")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--cores", type=int, default=None, help="node's cores (default 16 per GPU)")
+    p.set_defaults(fn=cmd_project)
+    args, overrides = parser.parse_known_args(argv)
+    if getattr(args, "compile", 0) is None:
+        args.compile = _device(args.device).type == "cuda"
+    if args.fn is cmd_full:
+        return cmd_full(args, overrides)  # the rest are train_vit.py --section.param=value
+    if overrides:
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()

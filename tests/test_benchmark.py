@@ -1,0 +1,84 @@
+"""benchmark.py's commands run on CPU and print what README quotes: each is run through
+its real path (train_vit's step, rand_augment's loader, write_ffcv's storage modes,
+train_vit.main) on tiny inputs, and its RESULT lines are checked."""
+import re
+
+import pytest
+
+import benchmark
+from conftest import ROOT
+
+
+def results(text):
+    return [line for line in text.splitlines() if line.startswith("RESULT")]
+
+
+def number(pattern, text):
+    return float(re.search(pattern, text).group(1).replace(",", ""))
+
+
+def test_project_takes_the_slower_of_gpus_and_data():
+    gpu_rate, data_rate, rows = benchmark.project(3000, 500, gpus=8, cores=128)
+    assert (gpu_rate, data_rate) == (24_000, 64_000)
+    ninety = rows[0]
+    assert ninety["bound"] == "GPU"
+    assert ninety["hours"] == pytest.approx(90 * benchmark.IMAGENET_TRAIN / 24_000 / 3600)
+    assert ninety["tpu_hours"] == pytest.approx(6.5)
+    _, _, rows = benchmark.project(3000, 100, gpus=8, cores=128)
+    assert rows[2]["bound"] == "data"
+    assert rows[2]["hours"] == pytest.approx(300 * benchmark.IMAGENET_TRAIN / 12_800 / 3600)
+
+
+def test_project_cli_marks_projections(capsys):
+    benchmark.main(["project", "--step-img-s", "3000", "--loader-img-s-per-core", "900"])
+    out = capsys.readouterr().out
+    assert "projection (not a measurement)" in out
+    assert len(results(out)) == 3 and "6 h 30 (reported)" in out
+
+
+def test_step_on_cpu_reports_speed_and_mfu(capsys):
+    benchmark.main(["step", "--variant", "mu/8", "--img-size", "32", "--batch-size", "8",
+                    "--steps", "3", "--warmup", "1", "--device", "cpu", "--precision", "fp32"])
+    out = capsys.readouterr().out
+    line = results(out)[-1]
+    assert number(r"([\d,.]+) img/s", line) > 0
+    assert 0 < number(r"MFU ([\d.]+)%", line)
+    assert "optimizer alone" in out
+
+
+@pytest.fixture(scope="module")
+def photo_folder(tmp_path_factory):
+    return benchmark.make_photo_folder(tmp_path_factory.mktemp("photos") / "photos", n=24)
+
+
+def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
+    benchmark.main(["storage", "--images", str(photo_folder), "--settings", "jpg-90",
+                    "--work", str(tmp_path), "--batch-size", "8", "--batches", "2",
+                    "--res", "64", "--workers", "2"])
+    out = capsys.readouterr().out
+    (line,) = results(out)
+    assert "jpg-90" in line and number(r"([\d.]+) kB/img", line) > 1
+    assert number(r"full recipe ([\d,]+) img/s", line) > 0
+    beton = tmp_path / "jpg-90.beton"
+    assert beton.exists()
+    benchmark.main(["loader", "--beton", str(beton), "--batch-size", "8", "--batches", "2",
+                    "--res", "64", "--workers", "2"])
+    out = capsys.readouterr().out
+    lines = results(out)
+    assert any("decode+crop+flip" in x for x in lines) and any("full recipe" in x for x in lines)
+    assert "RandAugment+mixup cost" in lines[-1]
+
+
+def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):
+    import write_ffcv
+    beton = tmp_path / "train.beton"
+    write_ffcv.convert(photo_folder, beton, "val", max_resolution=96, progress=False)
+    benchmark.main(["full", "--config-file", str(ROOT / "configs" / "vit_s16_90ep.yaml"),
+                    "--steps", "6", "--log-every", "2", "--folder", str(tmp_path / "run"),
+                    f"--data.train_dataset={beton}", "--model.variant=mu/16",
+                    "--model.img_size=64", "--training.batch_size=8", "--training.precision=fp32",
+                    "--data.num_workers=2", "--logging.progress=0"])
+    out = capsys.readouterr().out
+    line = results(out)[-1]
+    assert line.startswith("RESULT full") and number(r"([\d,.]+) img/s", line) > 0
+    assert "over 2 windows" in line
