@@ -182,6 +182,96 @@ def cmd_step(args):
           f"{r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {mfu:.1%}")
 
 
+LOADER_KINDS = {  # rand_augment.bench_pipelines kind -> what it runs
+    "baseline": "decode+crop+flip",
+    "full": "full recipe",                # + RandAugment, normalise + mixup on the CPU
+    "device": "full, mix on GPU",         # the CPU part when train_vit mixes on the device
+}
+
+
+def loader_rates(beton, args, kinds=tuple(LOADER_KINDS)):
+    """{kind: (images/s, images per CPU-second)}; the second is the per-core cost, robust
+    to other jobs on the machine."""
+    import rand_augment
+    return {kind: rand_augment.bench_loader(
+        beton, batch_size=args.batch_size, num_workers=args.workers or os.cpu_count(),
+        res=args.res, kind=kind, batches=args.batches, cpu=True) for kind in kinds}
+
+
+def cmd_loader(args):
+    threads = args.workers or os.cpu_count()
+    print(f"loader: {args.beton}, batch {args.batch_size}, {threads} worker threads, "
+          f"res {args.res}, {args.batches} batches after the warm-up")
+    rates = loader_rates(args.beton, args)
+    for kind, (wall, per_cpu) in rates.items():
+        print(f"RESULT loader {LOADER_KINDS[kind]:>17}: {wall:,.0f} img/s, {wall / threads:,.0f} "
+              f"per worker; {per_cpu:,.0f} img per CPU-second")
+    base = rates["baseline"][1]
+    print(f"RESULT loader RandAugment+mixup cost per image: +{base / rates['full'][1] - 1:.0%} "
+          f"(mixing on the GPU: +{base / rates['device'][1] - 1:.0%}) over decode+crop+flip")
+
+
+def make_photo_folder(out, n=400, classes=4, seed=0):
+    """An ImageFolder of n ImageNet-sized JPEGs (500x375 and 375x500, source quality 75-96
+    as ImageNet's vary), random crops of scikit-image's bundled photographs: real image
+    statistics for decode benchmarks without downloading anything."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+    names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
+             "immunohistochemistry", "retina", "colorwheel")
+    photos = [np.ascontiguousarray(getattr(skimage.data, k)()[..., :3]) for k in names]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        s = rng.uniform(0.5, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        folder = Path(out) / f"n{i % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo[y:y + ch, x:x + cw]).resize((500, 375) if i % 3 else (375, 500),
+                                                          Image.BICUBIC).save(
+            folder / f"{i:05d}.JPEG", quality=int(rng.integers(75, 97)))
+    return Path(out)
+
+
+STORAGE_SETTINGS = {  # name -> write_ffcv options (train's default is 'proportion-95')
+    "raw": dict(write_mode="raw"),
+    "proportion-95": dict(write_mode="proportion", jpeg_quality=95, compress_probability=0.5),
+    "proportion-90": dict(write_mode="proportion", jpeg_quality=90, compress_probability=0.5),
+    "jpg-95": dict(write_mode="jpg", jpeg_quality=95),
+    "jpg-90": dict(write_mode="jpg", jpeg_quality=90),
+}
+
+
+def _hm(hours):
+    return f"{int(hours)} h {round(hours % 1 * 60):02d}"
+
+
+def cmd_step(args):
+    device = _device(args.device)
+    torch.manual_seed(0)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    width, depth, heads, mlp = vit.VARIANTS[args.variant.split("/")[0]]
+    print(f"step: ViT-{args.variant} at {args.img_size}px, batch {args.batch_size} on "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
+          f"{args.precision}, compile={'on' if args.compile else 'off'}, torch {torch.__version__}")
+    peak = measure_peak_tflops(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    r = bench_step(args.variant, args.batch_size, args.steps, args.warmup, args.compile, device,
+                   args.img_size, precision=args.precision)
+    mfu = r["img_s"] * r["flops_per_image"] / (peak * 1e12)
+    print(f"flash attention: {flash_attention_status(device, heads, width // heads)}")
+    print(f"warm-up ({args.warmup} steps, compile included): {r['warmup_s']:.1f} s")
+    print(f"step {r['step_ms']:.1f} ms, optimizer alone {r['optimizer_ms']:.2f} ms "
+          f"({r['optimizer_ms'] / r['step_ms']:.1%} of the step)")
+    print(f"measured {args.precision} matmul peak: {peak:.3g} TFLOP/s"
+          + (" (CPU: MFU of a tiny model is only a smoke figure)" if device.type == "cpu" else ""))
+    print(f"RESULT step: {r['img_s']:,.1f} img/s per device, "
+          f"{r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {mfu:.1%}")
+
+
 def cmd_loader(args):
     import rand_augment
     threads = args.workers or os.cpu_count()
@@ -242,18 +332,10 @@ def cmd_storage(args):
                                   overwrite=True, progress=False, **STORAGE_SETTINGS[name])
         from ffcv.reader import Reader
         kb = sum(int(r["size"]) for r in Reader(str(beton)).alloc_table) / meta["num_images"] / 1e3
-        rates = [_loader_rate(beton, args, full) for full in (False, True)]
-        rows.append((name, kb, *rates))
-    for name, kb, base, full in rows:
-        print(f"RESULT storage {name:>13}: {kb:6.1f} kB/img; decode+crop+flip "
-              f"{base / threads:,.0f} img/s per core, full recipe {full / threads:,.0f} img/s per core")
-
-
-def _loader_rate(beton, args, full):
-    import rand_augment
-    return rand_augment.bench_loader(beton, batch_size=args.batch_size, num_workers=args.workers
-                                     or os.cpu_count(), res=args.res, full=full,
-                                     batches=args.batches)
+        rows.append((name, kb, loader_rates(beton, args)))
+    for name, kb, rates in rows:
+        print(f"RESULT storage {name:>13}: {kb:6.1f} kB/img; img per CPU-second: " + ", ".join(
+            f"{LOADER_KINDS[k]} {rates[k][1]:,.0f}" for k in LOADER_KINDS))
 
 
 def cmd_project(args):
