@@ -121,6 +121,8 @@ Section("augment", "train preprocessing (rand_augment.py); eval has its own crop
     randaug_magnitude=Param(int, "RandAugment level (max 10)", default=10),
     randaug_fixed=Param(Flag(), "fix the reference's Contrast/Solarize quirks", default=False),
     mixup_alpha=Param(float, "mixup a ~ Beta(alpha, alpha); 0 = mixup off", default=0.2),
+    mix_on_device=Param(OneOf(["auto", "on", "off"]), "normalise + mix images on the device "
+                        "(uint8 host->device copy, same numbers); auto = on GPU", default="auto"),
 )
 Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cosine").params(
     lr=Param(float, "peak learning rate (big_vision config.lr)", default=1e-3),
@@ -357,8 +359,9 @@ def _flatten(tree, prefix=""):
 class Trainer:
     """One training run; the methods below come in the order they run."""
 
-    def __init__(self, config):
+    def __init__(self, config, started=None):
         self.config = config
+        self.started = time.perf_counter() if started is None else started  # wall-clock origin
         self.setup_distributed()
         self.check_datasets()
         self.create_train_loader()
@@ -464,30 +467,37 @@ class Trainer:
     @param("augment.randaug_magnitude")
     @param("augment.randaug_fixed")
     @param("augment.mixup_alpha")
+    @param("augment.mix_on_device")
     @param("training.seed")
     @param("training.epochs")
     @param("training.batch_size")
     @param("training.max_steps")
     def create_train_loader(self, train_dataset, num_workers, in_memory, img_size,
                             crop_area_min, flip, randaug_layers, randaug_magnitude,
-                            randaug_fixed, mixup_alpha, seed, epochs, batch_size, max_steps):
+                            randaug_fixed, mixup_alpha, mix_on_device, seed, epochs, batch_size,
+                            max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
         self.num_workers = num_workers or max(1, (os.cpu_count() or 1) //
                                               int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         self.clock = rand_augment.AugmentClock(seed)
         if not 0 < crop_area_min <= 1:
             raise ConfigError(f"augment.crop_area_min={crop_area_min} must be in (0, 1]")
+        on_device = mix_on_device == "on" or (mix_on_device == "auto" and self.device.type == "cuda")
         pipes = rand_augment.train_pipelines(
             self.clock, res=img_size, flip=flip, fixed=randaug_fixed,
             randaug=(randaug_layers, randaug_magnitude) if randaug_layers > 0 else None,
             mixup_alpha=mixup_alpha, num_classes=self.num_classes,
-            crop_area=(crop_area_min, 1.0))
+            crop_area=(crop_area_min, 1.0), mix_on_device=on_device)
         to_device = [ToTensor(), ToDevice(self.device, non_blocking=True)]
+        # Images arrive float32 NHWC from the CPU pipeline, or NCHW from the device tail.
+        image_tail = (rand_augment.device_tail(self.clock, self.device, mixup_alpha)
+                      if on_device else to_device)
+        self.train_images_nhwc = not on_device
         self.order = ResumableOrder(self.rank, self.world_size)
         self.train_loader = Loader(
             train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
             os_cache=in_memory, order=self.order, distributed=self.distributed, seed=seed,
-            drop_last=True, pipelines={"image": pipes["image"] + to_device,
+            drop_last=True, pipelines={"image": pipes["image"] + image_tail,
                                        "label": pipes["label"] + to_device})
         _LOADERS.append(self.train_loader)
         self.steps_per_epoch = len(self.train_loader)
@@ -628,7 +638,7 @@ class Trainer:
         the SIGTERM check between steps. Returns the exit code."""
         self.sigterm = False
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self.session_start, self.eval_time = time.perf_counter(), 0.0
+        self.eval_time = 0.0
         self.session_first_step, self.last_eval_step = self.step, None
         self.session_train_time, self.session_windows = 0.0, 0
         self.steady_steps, self.steady_time = 0, 0.0
@@ -700,7 +710,8 @@ class Trainer:
         self.current_lr = lr * schedule(self.step, self.total_steps, warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr
-        images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
+        if self.train_images_nhwc:
+            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
         if self.step == nonfinite_at_step:
             images = images * float("nan")
         loss, grad_norm = optimization_step(self.model, self.optimizer, self.params, images,
@@ -819,7 +830,7 @@ class Trainer:
             return
         log = _read_log(self.log_path)
         _plot(log, self.folder / "curves.png")
-        wall = time.perf_counter() - self.session_start
+        wall = time.perf_counter() - self.started
         steps = self.step - self.session_first_step
         batch = self.batch_per_rank * self.world_size
         # Steady speed: the first logged window of the session (compilation) is left out.
@@ -935,9 +946,10 @@ def _plot(log, path):
 
 def main(argv=None):
     """Parse, validate, train. Returns the exit code (see the module docstring)."""
+    started = time.perf_counter()
     try:
         config = parse_config(argv)
-        trainer = Trainer(config)
+        trainer = Trainer(config, started)
         if trainer.step >= trainer.stop_step:
             trainer._print(f"{trainer.checkpoint_path} is at step {trainer.step:,}: "
                            f"nothing left to train (stop step {trainer.stop_step:,})")

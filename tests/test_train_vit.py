@@ -1,0 +1,401 @@
+"""train_vit.py on CPU with real .beton files, the real ffcv Loader and real torchrun.
+
+The data: 4 classes of 40x36 JPEG views of scikit-image's photographs, converted by
+write_ffcv.convert into train / minival / val (with ReaL sets) / v2, built once per module.
+The model: ViT-mu/8 at 32 px (16 tokens). Training runs go through train_vit.main() in this
+process (loaders compile once per process), except the 2-rank run, which is torchrun's.
+One uninterrupted 12-step run (`reference`) is what resumed, preempted and distributed
+runs are compared with.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import rand_augment
+import train_vit
+import vit
+import write_ffcv
+from conftest import ROOT, real_photos
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+BATCH, STEPS, STEPS_PER_EPOCH = 16, 12, 5  # 86 train images: 5 batches of 16 per epoch
+
+
+def _write_folder(root, per_class, rng, names=PHOTOS, numeric=False):
+    photos = real_photos()
+    for c, name in enumerate(names):
+        folder = root / (str(c) if numeric else f"n0000{c}")
+        folder.mkdir(parents=True)
+        image = photos[name]
+        for i in range(per_class):
+            h, w = image.shape[:2]
+            side = int(min(h, w) * rng.uniform(0.5, 0.9))
+            y, x = rng.integers(0, h - side), rng.integers(0, w - side)
+            Image.fromarray(image[y:y + side, x:x + side]).resize((40, 36)).save(
+                folder / f"{name}_{i:03d}.jpg", quality=90)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Paths of the tiny splits (and of a few deliberately wrong ones for config errors)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    _write_folder(root / "train", 24, rng)
+    _write_folder(root / "val", 6, rng)
+    _write_folder(root / "v2", 4, rng, numeric=True)
+    _write_folder(root / "other", 3, rng, names=PHOTOS[:3])
+    # ReaL sets in file-name order: mostly the true class, some with two labels, some empty.
+    names = sorted(p.name for p in (root / "val").rglob("*.jpg"))
+    label = {n: PHOTOS.index(n.rsplit("_", 1)[0]) for n in names}
+    real = [[] if i % 5 == 0 else [label[n], (label[n] + 1) % 4] if i % 3 == 0 else [label[n]]
+            for i, n in enumerate(names)]
+    (root / "real.json").write_text(json.dumps(real))
+    opts = dict(num_workers=1, progress=False, minival_fraction=0.1)
+    paths = {}
+    for name, folder, split, extra in (
+            ("train", "train", "train", {}), ("minival", "train", "minival", {}),
+            ("val", "val", "val", {"real_labels": root / "real.json"}),
+            ("v2", "v2", "v2", {"classes_from": root / "train.beton"}),
+            ("v2_numeric", "v2", "v2", {}), ("val_noreal", "val", "val", {}),
+            ("other", "other", "val", {})):
+        paths[name] = root / f"{name}.beton"
+        write_ffcv.convert(root / folder, paths[name], split, **opts, **extra)
+    assert write_ffcv.read_sidecar(paths["train"])["num_images"] == 86
+    return paths
+
+
+def args(data, folder, *extra, evals=True):
+    """A 12-step run (2.2 epochs of 86 images, batch 16) of ViT-mu/8 at 32 px."""
+    base = [f"--data.train_dataset={data['train']}", "--data.num_workers=2",
+            "--model.variant=mu/8", "--model.img_size=32", "--training.epochs=2.2",
+            f"--training.batch_size={BATCH}", "--optimizer.warmup_steps=5",
+            "--eval.every=5", "--eval.batch_size=16", f"--logging.folder={folder}",
+            "--logging.log_every=1", "--logging.checkpoint_every=5", "--logging.progress=0"]
+    if evals:
+        base += [f"--data.minival_dataset={data['minival']}", f"--data.val_dataset={data['val']}",
+                 "--data.real=1", f"--data.v2_dataset={data['v2']}"]
+    return base + list(extra)
+
+
+def read_log(folder):
+    return [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def load_checkpoint(folder):
+    return torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a, b):
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for i, state in a["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][i][key]), (i, key)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """One uninterrupted run; its folder."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert train_vit.main(args(data, folder)) == 0
+    return folder
+
+
+# --- pure functions ------------------------------------------------------------------------
+def test_schedule_values_and_step_count():
+    total = round(90 * 1_268_355 / 1024)
+    assert total == 111_477  # RECIPE.md
+    s = lambda t: train_vit.schedule(t, total, 10_000)  # noqa: E731
+    assert s(0) == 0.0  # warmup from exactly 0
+    assert s(5_000) == pytest.approx(0.5, abs=1e-15)
+    assert s(10_000) == 1.0
+    assert s((10_000 + total) / 2) == pytest.approx(0.5, abs=1e-12)
+    assert s(total) == 0.0
+    assert s(60_000) == pytest.approx(0.5 * (1 + math.cos(math.pi * 50_000 / 101_477)))
+    assert all(s(t) >= s(t + 997) for t in range(10_000, total, 997))
+
+
+def test_optimizer_groups_and_decoupled_decay():
+    torch.manual_seed(0)
+    model = vit.ViT("mu/4", num_classes=5, img_size=16, posemb="learn", pool_type="tok")
+    opt = train_vit.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", "cpu")
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0.1 for p in g["params"]}
+    no_decay = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    # Kernels (Dense/Conv weights) decay; biases, LayerNorm, posemb and [cls] do not.
+    assert decay == {n for n, p in model.named_parameters()
+                     if p.ndim >= 2 and n not in ("pos_embedding", "cls")}
+    assert decay | no_decay == set(names.values()) and not decay & no_decay
+    assert {"pos_embedding", "cls", "embedding.bias", "norm.weight"} <= no_decay
+    assert {"embedding.weight", "head.weight", "pre_logits.weight"} <= decay
+    # One step with zero gradients: Adam's update is 0, the decay is lr * wd = 1e-4 of w.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        expected = before[n] * (1 - 1e-3 * 0.1) if n in decay else before[n]
+        assert torch.equal(p.detach(), expected), n
+
+
+def test_clip_soft_xent_and_real_metric():
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    params[0].grad, params[1].grad = torch.tensor([3.0, 0, 0]), torch.tensor([[0, 4.0], [0, 0]])
+    assert train_vit.clip_global_norm_(params, 1.0).item() == pytest.approx(5.0)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in params])).item() == pytest.approx(1.0)
+    small = [torch.nn.Parameter(torch.zeros(2))]
+    small[0].grad = torch.tensor([0.3, 0.4])
+    train_vit.clip_global_norm_(small, 1.0)
+    assert torch.equal(small[0].grad, torch.tensor([0.3, 0.4]))
+    logits, targets = torch.randn(4, 5), torch.softmax(torch.randn(4, 5), -1)
+    assert train_vit.soft_xent(logits, targets).item() == pytest.approx(
+        F.cross_entropy(logits, targets).item(), rel=1e-6)
+    real = train_vit.ReaLAccuracy()
+    real.update(torch.tensor([1, 2, 3, 0]),
+                torch.tensor([[1, 4, -1], [0, -1, -1], [-1, -1, -1], [0, 3, 2]], dtype=torch.int16))
+    assert (real.correct.item(), real.total.item()) == (2, 3)  # the empty set is left out
+
+
+def test_resumable_order_skips_whole_batches(data):
+    """Starting at batch k = the full epoch's batches from k on; ranks partition the data."""
+    def loader(rank, world, batch):
+        order = train_vit.ResumableOrder(rank, world)
+        train_vit._LOADERS.append(train_vit.Loader(  # kept alive: see train_vit._LOADERS
+            str(data["train"]), batch_size=batch, num_workers=1, order=order, seed=3,
+            pipelines={"image": None}))
+        return order, train_vit._LOADERS[-1]
+    order, ld = loader(0, 1, 16)
+    full = order.sample_order(4)
+    assert len(ld) == 5 and len(full) == 80
+    order.first_batch = 2
+    assert np.array_equal(order.sample_order(4), full[32:])
+    ld.next_epoch = 4
+    assert len(list(ld)) == 3  # batches 2, 3, 4: no partial batch of the leftover 6
+    halves = [loader(r, 2, 1)[0].sample_order(1) for r in range(2)]  # 43 batches of 1 each
+    assert sorted(np.concatenate(halves).tolist()) == list(range(86))
+    batched = [loader(r, 2, 8)[0].sample_order(1) for r in range(2)]
+    assert [len(b) for b in batched] == [40, 40]  # 5 whole batches of 8 per rank
+    assert np.array_equal(batched[0], halves[0][:40])
+
+
+# --- configuration errors -------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["missing_file", "unknown_variant", "patch", "classes",
+                                  "v2_numeric", "no_real", "bad_value", "required",
+                                  "unknown_yaml_key", "missing_config", "batch_too_big",
+                                  "world_size", "crop_area"])
+def test_config_errors(case, data, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "run"
+    argv = args(data, folder)
+    expect = {
+        "missing_file": (f"--data.train_dataset={tmp_path / 'nope.beton'}", "does not exist"),
+        "unknown_variant": ("--model.variant=Q/16", "unknown ViT variant"),
+        "patch": ("--model.img_size=36", "multiple of the patch size 8"),
+        "classes": (f"--data.val_dataset={data['other']}", "3 classes"),
+        "v2_numeric": (f"--data.v2_dataset={data['v2_numeric']}", "--cfg.classes_from"),
+        "no_real": (f"--data.val_dataset={data['val_noreal']}", "needs data.val_dataset written with ReaL"),
+        "bad_value": ("--training.precision=fp16", "training.precision: got 'fp16'"),
+        "batch_too_big": ("--training.batch_size=128", "larger than the 86 images"),
+        "world_size": ("--training.batch_size=16", "does not split evenly over 3 ranks"),
+        "crop_area": ("--augment.crop_area_min=0", "augment.crop_area_min=0.0"),
+    }
+    if case == "required":
+        argv = [a for a in argv if not a.startswith("--logging.folder")]
+        message = "logging.folder: required"
+    elif case == "unknown_yaml_key":
+        cfg = tmp_path / "typo.yaml"
+        cfg.write_text("training:\n  epoch: 3\n")
+        argv = ["--config-file", str(cfg), *argv]
+        message = "unknown settings training.epoch (did you mean training.epochs"
+    elif case == "missing_config":
+        argv = ["--config-file", str(tmp_path / "none.yaml"), *argv]
+        message = "none.yaml: no such file"
+    else:
+        flag, message = expect[case]
+        argv.append(flag)
+    if case == "world_size":
+        monkeypatch.setenv("WORLD_SIZE", "3")
+    assert train_vit.main(argv) == train_vit.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "configuration error" in err and message in err, err
+    assert not folder.exists()  # nothing written
+
+
+def test_every_config_file_parses_and_recipe_values():
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert len(configs) >= 11
+    for path in configs:
+        layered = [] if "ablation" not in path.name else ["-C", str(ROOT / "configs/vit_s16_90ep.yaml")]
+        train_vit.parse_config([*layered, "-C", str(path)])
+    for epochs in (90, 150, 300):
+        c = train_vit.parse_config(["-C", str(ROOT / f"configs/vit_s16_{epochs}ep.yaml")])
+        assert {k: c[k] for k in ("training.epochs", "training.batch_size", "optimizer.lr",
+                                  "optimizer.weight_decay", "optimizer.warmup_steps",
+                                  "optimizer.grad_clip_norm", "optimizer.beta1", "optimizer.beta2",
+                                  "optimizer.eps", "model.variant", "model.pool_type",
+                                  "model.posemb", "model.rep_size", "model.img_size",
+                                  "augment.crop_area_min", "augment.flip",
+                                  "augment.randaug_layers", "augment.randaug_magnitude",
+                                  "augment.randaug_fixed", "augment.mixup_alpha",
+                                  "eval.crop_ratio", "training.precision")} == {
+            "training.epochs": epochs, "training.batch_size": 1024, "optimizer.lr": 1e-3,
+            "optimizer.weight_decay": 0.1, "optimizer.warmup_steps": 10_000,
+            "optimizer.grad_clip_norm": 1.0, "optimizer.beta1": 0.9, "optimizer.beta2": 0.999,
+            "optimizer.eps": 1e-8, "model.variant": "S/16", "model.pool_type": "gap",
+            "model.posemb": "sincos2d", "model.rep_size": True, "model.img_size": 224,
+            "augment.crop_area_min": 0.05, "augment.flip": True, "augment.randaug_layers": 2,
+            "augment.randaug_magnitude": 10, "augment.randaug_fixed": False,
+            "augment.mixup_alpha": 0.2, "eval.crop_ratio": 0.875, "training.precision": "bf16"}
+    original = train_vit.parse_config(["-C", str(ROOT / "configs/vit_s16_90ep.yaml"),
+                                       "-C", str(ROOT / "configs/ablation_original.yaml")])
+    assert (original["training.batch_size"], original["model.pool_type"], original["model.posemb"],
+            original["augment.randaug_layers"], original["augment.mixup_alpha"]) == (4096, "tok", "learn", 0, 0.0)
+
+
+# --- runs -----------------------------------------------------------------------------------
+def test_log_checkpoint_plot_and_summary(reference):
+    config = json.loads((reference / "config.json").read_text())
+    assert config["model.variant"] == "mu/8" and config["optimizer.lr"] == 1e-3
+    log = read_log(reference)
+    train = [r for r in log if "train_loss" in r]
+    assert [r["step"] for r in train] == list(range(1, STEPS + 1))
+    for r in train:  # real numbers, not null (ffcv-imagenet logged null for years)
+        assert isinstance(r["train_loss"], float) and 0 < r["train_loss"] < 10
+        assert r["lr"] == pytest.approx(1e-3 * train_vit.schedule(r["step"] - 1, STEPS, 5))
+        assert r["img_per_s"] > 0 and 0 <= r["data_wait"] <= 1 and math.isfinite(r["grad_norm"])
+    assert train[0]["lr"] == 0.0  # the first update uses s(0) = 0
+    evals = [r for r in log if "val_top1" in r]
+    assert [r["step"] for r in evals] == [5, 10, 12]
+    for r in evals:
+        for key in ("minival_top1", "val_top1", "real_top1", "v2_top1"):
+            assert 0 <= r[key] <= 1
+        assert round(r["val_top1"] * 24, 4) == round(r["val_top1"] * 24)  # 24 val images
+        assert round(r["real_top1"] * 19, 4) == round(r["real_top1"] * 19)  # 5 empty sets out
+    assert (reference / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((reference / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["final"].keys() == {
+        "minival_top1", "val_top1", "real_top1", "v2_top1"}
+    assert summary["mfu"] is None and summary["img_per_s"] > 0
+    ckpt = load_checkpoint(reference)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (STEPS, 2, 2)
+    assert not list(reference.glob("*.tmp"))
+
+
+def test_stop_and_resume_is_bit_identical(data, reference, tmp_path, capsys):
+    folder = tmp_path / "resumed"
+    assert train_vit.main(args(data, folder, "--training.max_steps=7")) == 0
+    assert load_checkpoint(folder)["step"] == 7  # epoch 1, batch 2: mid-epoch
+    assert "projection to all 12 steps" in capsys.readouterr().out
+    assert train_vit.main(args(data, folder)) == 0
+    assert "resuming at step 7" in capsys.readouterr().out
+    assert_same_state(load_checkpoint(folder), load_checkpoint(reference))
+    ours = {r["step"]: r["train_loss"] for r in read_log(folder) if "train_loss" in r}
+    theirs = {r["step"]: r["train_loss"] for r in read_log(reference) if "train_loss" in r}
+    assert ours == theirs
+    assert train_vit.main(args(data, folder)) == 0  # finished: nothing left to do
+    assert "nothing left to train" in capsys.readouterr().out
+
+
+def test_sigterm_checkpoints_then_resume_matches(data, reference, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "preempted"
+    step = train_vit.Trainer.train_step
+
+    def preempted_step(self, *batch):
+        if self.step == 2:  # a real SIGTERM to this process, in the middle of step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, *batch)
+
+    monkeypatch.setattr(train_vit.Trainer, "train_step", preempted_step)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert train_vit.main(args(data, folder)) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == previous  # handler restored
+    assert "SIGTERM: checkpoint written at step 3" in capsys.readouterr().out
+    assert load_checkpoint(folder)["step"] == 3
+    monkeypatch.undo()
+    assert train_vit.main(args(data, folder)) == 0
+    assert_same_state(load_checkpoint(folder), load_checkpoint(reference))
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
+    folder = tmp_path / "nan"
+    # The loss is checked at log steps and before every checkpoint: with log_every=100 the
+    # check before the step-10 checkpoint must catch the NaN from step 7.
+    argv = args(data, folder, "--debug.nonfinite_at_step=6", "--logging.log_every=100", evals=False)
+    assert train_vit.main(argv) == train_vit.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "non-finite training loss" in err and "between steps 5 and 10" in err
+    ckpt = load_checkpoint(folder)
+    assert ckpt["step"] == 5
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert [r["step"] for r in read_log(folder)] == [5]  # nothing logged after the NaN
+
+
+def test_dry_run_of_the_recipe_config(data, tmp_path, capsys):
+    """configs/vit_s16_90ep.yaml through the real code path, shrunk to 2 steps."""
+    folder = tmp_path / "dry"
+    argv = ["-C", str(ROOT / "configs/vit_s16_90ep.yaml"), f"--data.train_dataset={data['train']}",
+            f"--data.minival_dataset={data['minival']}", f"--data.val_dataset={data['val']}",
+            f"--data.v2_dataset={data['v2']}", "--data.num_workers=2", "--model.variant=mu/8",
+            "--model.img_size=32", "--training.batch_size=16", "--eval.batch_size=16",
+            "--training.max_steps=2", f"--logging.folder={folder}", "--logging.progress=0"]
+    assert train_vit.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "484 steps, stopping at 2" in out  # round(90 * 86 / 16)
+    assert "TPUv3-8 reference" in out and "projection to all 484 steps" in out
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["total_steps"] == 484 and summary["final"].keys() == {
+        "minival_top1", "val_top1", "real_top1", "v2_top1"}
+    train = [r for r in read_log(folder) if "train_loss" in r]
+    assert train[-1]["step"] == 2 and train[-1]["lr"] == pytest.approx(1e-3 * 1 / 10_000)
+
+
+def test_torchrun_two_ranks(data, tmp_path):
+    """2 gloo ranks: the run completes, and the logged top-1 (reduced over ranks by
+    torchmetrics) equals a recount over both ranks' shards from the final checkpoint."""
+    folder = tmp_path / "ddp"
+    argv = args(data, folder, "--data.num_workers=1", "--training.epochs=1.2",
+                "--augment.mix_on_device=on")
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"], OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "train_vit.py", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 rank(s) on cpu, batch 8/rank" in proc.stdout
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["devices"] == 2
+    final = [r for r in read_log(folder) if "val_top1" in r][-1]
+    ckpt = load_checkpoint(folder)
+    model = vit.ViT("mu/8", num_classes=4, img_size=32)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    correct = real_correct = real_total = 0
+    threads = torch.get_num_threads()  # ffcv's Loader sets torch's thread count
+    for rank in range(2):  # each rank's shard and batch, as the ranks ran them
+        loader = train_vit.Loader(
+            str(data["val"]), batch_size=8, num_workers=1, order=train_vit.OrderOption.SEQUENTIAL,
+            indices=np.arange(rank, 24, 2), drop_last=False, pipelines={
+                "image": [train_vit.CenterCropRGBImageDecoder((32, 32), ratio=0.875),
+                          rand_augment.Normalize(), train_vit.ToTensor()],
+                "label": [train_vit.IntDecoder(), train_vit.ToTensor()],
+                "real": [train_vit.NDArrayDecoder(), train_vit.ToTensor()]})
+        train_vit._LOADERS.append(loader)
+        for images, labels, real in loader:
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                preds = model(images.permute(0, 3, 1, 2)).argmax(-1)
+            correct += (preds == labels.view(-1)).sum().item()
+            scored = (real >= 0).any(1)
+            real_total += scored.sum().item()
+            real_correct += ((real.long() == preds[:, None]).any(1) & scored).sum().item()
+    torch.set_num_threads(threads)
+    assert final["val_top1"] == pytest.approx(correct / 24, abs=1e-6)
+    assert final["real_top1"] == pytest.approx(real_correct / real_total, abs=1e-6)
