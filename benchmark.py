@@ -183,7 +183,68 @@ def cmd_step(args):
           f"{r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {mfu:.1%}")
 
 
-LOADER_KINDS = {  # rand_augment.bench_pipelines kind -> what it runs
+def bench_pipelines(clock, kind, res=224, num_classes=1000):
+    """Pipelines timed by bench_loader: 'full' = train_pipelines (decode, crop, flip,
+    RandAugment(2, 10), normalise + mixup, two-hot labels); 'device' = the CPU part of
+    train_pipelines(mix_on_device=True) (the same without normalise + mixup of the images,
+    uint8 out, which the GPU then does); 'baseline' = our decode, crop and flip alone
+    (uint8 out); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
+    import rand_augment  # imports ffcv (seconds): only in the commands that load data
+    if kind in ('full', 'device'):
+        return rand_augment.train_pipelines(clock, res=res, num_classes=num_classes,
+                                            mix_on_device=kind == 'device')
+    if kind == 'baseline':
+        return {'image': [rand_augment.InceptionCropDecoder(clock, res),
+                          rand_augment.RandomFlip(clock)],
+                'label': [rand_augment.IntDecoder()]}
+    if kind == 'ffcv':
+        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
+        from ffcv.transforms import RandomHorizontalFlip
+        return {'image': [RandomResizedCropRGBImageDecoder((res, res)),
+                          RandomHorizontalFlip()],
+                'label': [rand_augment.IntDecoder()]}
+    raise ValueError(f"bench_pipelines: kind must be full, device, baseline or ffcv, "
+                     f"not {kind!r}")
+
+
+def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, batches=40,
+                 warmup=4, kind=None, seed=0, cpu=False):
+    """Images/s of one train loader over `batches` timed batches (after `warmup` batches
+    that include numba's compilation). kind overrides full: 'full', 'device', 'baseline',
+    'ffcv' (see bench_pipelines).
+    cpu=True returns (images/s, images per CPU-second of this process): the second is
+    the per-core cost, less sensitive to other jobs on a shared machine.
+
+    The epoch is made long enough by repeating the beton's indices, so a single epoch (one
+    set of buffers) covers warm-up and timing.
+    """
+    import numpy as np
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+
+    import rand_augment
+    kind = kind or ('full' if full else 'baseline')
+    clock = rand_augment.AugmentClock(seed)
+    n = int(Reader(str(beton)).num_samples)
+    need = (batches + warmup) * batch_size
+    indices = np.tile(np.arange(n), -(-need // n))[:need]
+    loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
+                    order=OrderOption.RANDOM, seed=seed, indices=indices, drop_last=True,
+                    pipelines=bench_pipelines(clock, kind, res))
+    clock.set_epoch(0)
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for _ in range(batches):
+        next(it)
+    elapsed, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
+    it.close()
+    speed = batches * batch_size / elapsed
+    return (speed, batches * batch_size / cpu_time) if cpu else speed
+
+
+LOADER_KINDS = {  # bench_pipelines kind -> what it runs
     "baseline": "decode+crop+flip",
     "full": "full recipe",                # + RandAugment, normalise + mixup on the CPU
     "device": "full, mix on GPU",         # the CPU part when train_vit mixes on the device
@@ -193,8 +254,7 @@ LOADER_KINDS = {  # rand_augment.bench_pipelines kind -> what it runs
 def loader_rates(beton, args, kinds=tuple(LOADER_KINDS)):
     """{kind: (images/s, images per CPU-second)}; the second is the per-core cost, robust
     to other jobs on the machine."""
-    import rand_augment
-    return {kind: rand_augment.bench_loader(
+    return {kind: bench_loader(
         beton, batch_size=args.batch_size, num_workers=args.workers or os.cpu_count(),
         res=args.res, kind=kind, batches=args.batches, cpu=True) for kind in kinds}
 

@@ -34,12 +34,11 @@ Accepted difference from the reference: the crop is resized with FFCV's resize (
 INTER_AREA) instead of TF's bilinear resize.
 
 CLI: `python rand_augment.py --beton X --out grid.png` writes a grid of augmented
-samples; `python rand_augment.py --beton X --bench 50` times the loader.
+samples (`python benchmark.py loader --beton X` times the loader).
 """
 import argparse
 import os
 import sys
-import time
 
 import numba
 import numpy as np
@@ -60,7 +59,7 @@ __all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip
            "RandAugment", "NormalizeMixup", "DeviceNormalizeMixup", "device_tail",
            "LabelMixup", "Normalize", "train_pipelines", "apply_op", "sample_crop",
            "sample_crops", "flip_draw", "randaug_draws", "mixup_coefficient", "value_range",
-           "bench_loader", "OP_NAMES"]
+           "OP_NAMES"]
 
 # Stream ids: each random decision gets its own stream so that no two ops share draws.
 _CROP, _FLIP, _RANDAUG, _MIXUP = 1, 2, 3, 4
@@ -699,109 +698,8 @@ def train_pipelines(clock, *, res=224, randaug=(2, 10), fixed=False, flip=True,
 
 
 # ---------------------------------------------------------------------------------------
-# Benchmark and sample grid.
+# The sample grid.
 # ---------------------------------------------------------------------------------------
-def bench_pipelines(clock, kind, res=224, num_classes=1000):
-    """Pipelines timed by bench_loader: 'full' = train_pipelines (decode, crop, flip,
-    RandAugment(2, 10), normalise + mixup, two-hot labels); 'device' = the CPU part of
-    train_pipelines(mix_on_device=True) (the same without normalise + mixup of the images,
-    uint8 out, which the GPU then does); 'baseline' = our decode, crop and flip alone
-    (uint8 out); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
-    if kind in ('full', 'device'):
-        return train_pipelines(clock, res=res, num_classes=num_classes,
-                               mix_on_device=kind == 'device')
-    if kind == 'baseline':
-        return {'image': [InceptionCropDecoder(clock, res), RandomFlip(clock)],
-                'label': [IntDecoder()]}
-    if kind == 'ffcv':
-        from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-        from ffcv.transforms import RandomHorizontalFlip
-        return {'image': [RandomResizedCropRGBImageDecoder((res, res)),
-                          RandomHorizontalFlip()],
-                'label': [IntDecoder()]}
-    raise ValueError(f"bench_pipelines: kind must be full, device, baseline or ffcv, "
-                     f"not {kind!r}")
-
-
-def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, batches=40,
-                 warmup=4, kind=None, seed=0, cpu=False):
-    """Images/s of one train loader over `batches` timed batches (after `warmup` batches
-    that include numba's compilation). kind overrides full: 'full', 'device', 'baseline',
-    'ffcv' (see bench_pipelines).
-    cpu=True returns (images/s, images per CPU-second of this process): the second is
-    the per-core cost, less sensitive to other jobs on a shared machine.
-
-    The epoch is made long enough by repeating the beton's indices, so a single epoch (one
-    set of buffers) covers warm-up and timing.
-    """
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.reader import Reader
-    kind = kind or ('full' if full else 'baseline')
-    clock = AugmentClock(seed)
-    n = int(Reader(str(beton)).num_samples)
-    need = (batches + warmup) * batch_size
-    indices = np.tile(np.arange(n), -(-need // n))[:need]
-    loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
-                    order=OrderOption.RANDOM, seed=seed, indices=indices, drop_last=True,
-                    pipelines=bench_pipelines(clock, kind, res))
-    clock.set_epoch(0)
-    it = iter(loader)
-    for _ in range(warmup):
-        next(it)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        next(it)
-    elapsed, cpu_time = time.perf_counter() - start, time.process_time() - cpu_start
-    it.close()
-    speed = batches * batch_size / elapsed
-    return (speed, batches * batch_size / cpu_time) if cpu else speed
-
-
-def write_photo_beton(path, photos, n=512, max_side=500, quality=90, seed=0,
-                      write_mode='jpg', num_classes=10):
-    """Write a .beton of n varied views of real photographs (for tests and benchmarks).
-
-    Each image is a random crop (50-100% of the photo's area, aspect 3:4 to 3:2) of one of
-    `photos` (name -> uint8 HxWx3), resized so its longest side is max_side, stored as
-    FFCV's RGBImageField(write_mode, jpeg_quality=quality) with a label in [0, num_classes).
-    """
-    import cv2
-    from ffcv.fields import IntField, RGBImageField
-    from ffcv.writer import DatasetWriter
-    rng = np.random.default_rng(seed)
-    names = sorted(photos)
-    items = []
-    for i in range(n):
-        img = photos[names[i % len(names)]]
-        h, w = img.shape[:2]
-        area = rng.uniform(0.5, 1.0) * h * w
-        aspect = rng.uniform(0.75, 1.5)
-        ch = int(min(h, np.sqrt(area / aspect)))
-        cw = int(min(w, ch * aspect))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        crop = img[y:y + ch, x:x + cw]
-        scale = max_side / max(ch, cw)
-        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
-        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-        items.append((np.ascontiguousarray(cv2.resize(crop, size, interpolation=interp)),
-                      i % num_classes))
-
-    class _Items:
-        def __len__(self):
-            return len(items)
-
-        def __getitem__(self, i):
-            return items[i]
-
-    tmp = f"{path}.tmp"
-    fields = {'image': RGBImageField(write_mode=write_mode, jpeg_quality=quality),
-              'label': IntField()}
-    DatasetWriter(tmp, fields, num_workers=1, page_size=1 << 21).from_indexed_dataset(
-        _Items())
-    os.replace(tmp, path)
-    return path
-
-
 def is_ffcv_finalizer_noise(unraisable):
     """True for the KeyError numba's dispatcher finaliser raises when FFCV's per-Loader
     dispatchers of its C decoder are garbage-collected (harmless; seen with FFCV's own
@@ -863,59 +761,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--beton', required=True, help="a .beton with 'image' and 'label'")
-    p.add_argument('--out', help="write a PNG grid of augmented samples here")
+    p.add_argument('--out', required=True, help="write a PNG grid of augmented samples here")
     p.add_argument('--n', type=int, default=32, help="samples in the grid (first n)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--epoch', type=int, default=0)
     p.add_argument('--res', type=int, default=224, help="output resolution")
     p.add_argument('--alpha', type=float, default=0.2, help="mixup alpha for the grid")
-    p.add_argument('--bench', type=int, default=0, metavar='BATCHES',
-                   help="time BATCHES batches of: crop+flip alone (baseline), the full "
-                        "pipeline, its CPU part when mixing on the GPU (device), and FFCV's "
-                        "own crop+flip")
-    p.add_argument('--batch-size', type=int, default=64)
-    p.add_argument('--workers', type=int, nargs='+', default=[1, 2],
-                   help="worker-thread counts to time")
-    p.add_argument('--write-photos', type=int, default=0, metavar='N',
-                   help="first write --beton: N views of scikit-image's bundled photographs")
-    p.add_argument('--max-side', type=int, default=500, help="with --write-photos")
-    p.add_argument('--quality', type=int, default=90, help="JPEG quality, --write-photos")
     args = p.parse_args(argv)
     hook = sys.unraisablehook
     sys.unraisablehook = lambda u: None if is_ffcv_finalizer_noise(u) else hook(u)
-    if args.write_photos:
-        import skimage.data
-        names = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                 "immunohistochemistry", "retina", "colorwheel")
-        photos = {k: np.ascontiguousarray(getattr(skimage.data, k)()[..., :3])
-                  for k in names}
-        print("wrote", write_photo_beton(args.beton, photos, args.write_photos,
-                                         args.max_side, args.quality, args.seed))
     if not os.path.exists(args.beton):
         p.error(f"--beton {args.beton}: no such file (write one with write_ffcv.py)")
-    if not (args.out or args.bench or args.write_photos):
-        p.error("nothing to do: give --out grid.png and/or --bench BATCHES")
-    if args.out:
-        print("wrote", write_grid(args.beton, args.out, args.n, args.seed, args.epoch,
-                                  args.res, args.alpha))
-    if args.bench:
-        print(f"{args.beton}: {args.bench} batches of {args.batch_size} at {args.res} px; "
-              f"img/CPU-s = images per second of CPU time used by the process")
-        print(f"{'workers':>7} {'pipeline':>9} {'img/s':>8} {'img/s/worker':>12} "
-              f"{'img/CPU-s':>10}")
-        for nw in args.workers:
-            speeds = {}
-            for kind in ('baseline', 'full', 'device', 'ffcv'):
-                speed, per_cpu = bench_loader(args.beton, batch_size=args.batch_size,
-                                              num_workers=nw, res=args.res, kind=kind,
-                                              batches=args.bench, seed=args.seed, cpu=True)
-                speeds[kind] = (speed, per_cpu)
-                print(f"{nw:>7} {kind:>9} {speed:8.0f} {speed / nw:12.0f} {per_cpu:10.0f}",
-                      flush=True)
-            for kind in ('full', 'device'):
-                print(f"{nw:>7} {kind} / baseline cost: "
-                      f"{speeds['baseline'][0] / speeds[kind][0]:.2f}x wall, "
-                      f"{speeds['baseline'][1] / speeds[kind][1]:.2f}x CPU", flush=True)
+    print("wrote", write_grid(args.beton, args.out, args.n, args.seed, args.epoch,
+                              args.res, args.alpha))
 
 
 if __name__ == '__main__':
