@@ -110,9 +110,11 @@ def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224
 
 def project(step_img_s, loader_img_s_per_core, gpus=8, cores=None, epochs=(90, 150, 300)):
     """The README table's projection: one node trains at the slower of its GPUs (per-GPU step
-    rate x gpus) and its data loading (per-core loader rate x cores)."""
+    rate x gpus) and its data loading (per-core loader rate x cores). step_img_s=None (not
+    measured yet) leaves only the data bound: then the hours are a lower bound."""
     cores = cores or 16 * gpus
-    gpu_rate, data_rate = step_img_s * gpus, loader_img_s_per_core * cores
+    data_rate = loader_img_s_per_core * cores
+    gpu_rate = step_img_s * gpus if step_img_s else float("inf")
     rate = min(gpu_rate, data_rate)
     rows = []
     for ep in epochs:
@@ -325,14 +327,16 @@ def cmd_storage(args):
 def cmd_project(args):
     gpu_rate, data_rate, rows = project(args.step_img_s, args.loader_img_s_per_core,
                                         args.gpus, args.cores)
-    print(f"projection (not a measurement): {args.gpus} GPUs x {args.step_img_s:,.0f} img/s = "
-          f"{gpu_rate:,.0f} img/s; {args.cores or 16 * args.gpus} cores x "
+    gpus = (f"{args.gpus} GPUs x {args.step_img_s:,.0f} img/s = {gpu_rate:,.0f} img/s"
+            if args.step_img_s else "GPU step rate not measured yet: data bound only, a lower bound")
+    print(f"projection (not a measurement): {gpus}; {args.cores or 16 * args.gpus} cores x "
           f"{args.loader_img_s_per_core:,.0f} img/s = {data_rate:,.0f} img/s")
     reported = {90: "TPUv3-8 6 h 30 (reported); 8x A100 port 5 h 41 (reported)",
                 300: "TPUv3-8 under 24 h (reported)"}
     for row in rows:
         ref = reported.get(row["epochs"], f"TPUv3-8 ~{_hm(row['tpu_hours'])} (90-ep time scaled)")
-        print(f"RESULT project {row['epochs']:>3} epochs: {_hm(row['hours'])} ({row['bound']}-bound)"
+        bound = f"{row['bound']}-bound" if args.step_img_s else "data-bound; at least"
+        print(f"RESULT project {row['epochs']:>3} epochs: {_hm(row['hours'])} ({bound})"
               f" vs {ref}")
 
 
@@ -378,7 +382,8 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=20)
     p.set_defaults(fn=cmd_storage)
     p = sub.add_parser("project", help="the projection method of README's table")
-    p.add_argument("--step-img-s", type=float, required=True, help="measured per-GPU step img/s")
+    p.add_argument("--step-img-s", type=float, default=None,
+                   help="measured per-GPU step img/s (`step`); omitted: data bound only")
     p.add_argument("--loader-img-s-per-core", type=float, required=True, help="measured loader img/s per core")
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--cores", type=int, default=None, help="node's cores (default 16 per GPU)")

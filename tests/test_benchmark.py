@@ -29,6 +29,15 @@ def test_project_takes_the_slower_of_gpus_and_data():
     assert rows[2]["hours"] == pytest.approx(300 * benchmark.IMAGENET_TRAIN / 12_800 / 3600)
 
 
+def test_project_without_gpu_figure_is_a_data_bound_lower_bound(capsys):
+    _, data_rate, rows = benchmark.project(None, 821, gpus=8, cores=128)
+    assert rows[0]["bound"] == "data"
+    assert rows[0]["hours"] == pytest.approx(90 * benchmark.IMAGENET_TRAIN / (821 * 128) / 3600)
+    benchmark.main(["project", "--loader-img-s-per-core", "821"])
+    out = capsys.readouterr().out
+    assert "not measured yet" in out and all("at least" in x for x in results(out))
+
+
 def test_project_cli_marks_projections(capsys):
     benchmark.main(["project", "--step-img-s", "3000", "--loader-img-s-per-core", "900"])
     out = capsys.readouterr().out
