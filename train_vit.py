@@ -50,7 +50,7 @@ import torchmetrics
 import yaml
 from fastargs import Param, Section, get_current_config
 from fastargs.decorators import param
-from fastargs.validation import Checker, OneOf
+from fastargs.validation import And, Checker, InRange, OneOf
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
@@ -102,12 +102,14 @@ Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.jso
     val_dataset=Param(str, "ImageNet val .beton; '' = no val eval", default=""),
     real=Param(Flag(), "also score ReaL with the val .beton's 'real' field", default=False),
     v2_dataset=Param(str, "ImageNet-v2 .beton; '' = no v2 eval", default=""),
-    num_workers=Param(int, "decoding threads per rank; 0 = the cores of this rank", default=0),
+    num_workers=Param(And(int, InRange(min=0)),
+                      "decoding threads per rank; 0 = the cores of this rank", default=0),
     in_memory=Param(Flag(), "let the OS page cache hold the .beton (ffcv os_cache)", default=True),
 )
 Section("model", "big_vision ViT (vit.py)").params(
     variant=Param(str, "'<name>/<patch>', e.g. S/16; names in vit.VARIANTS", default="S/16"),
-    img_size=Param(int, "train crop size and eval crop size (pixels)", default=224),
+    img_size=Param(And(int, InRange(min=1)), "train crop size and eval crop size (pixels)",
+                   default=224),
     pool_type=Param(OneOf(["gap", "tok"]), "global average pool or [cls] token", default="gap"),
     posemb=Param(OneOf(["sincos2d", "learn"]), "fixed 2-D sin-cos or learned", default="sincos2d"),
     rep_size=Param(RepSize(), "tanh pre-logits layer: true, false (linear head) or width",
@@ -115,30 +117,38 @@ Section("model", "big_vision ViT (vit.py)").params(
     head_zeroinit=Param(Flag(), "zero-initialised head kernel", default=True),
 )
 Section("augment", "train preprocessing (rand_augment.py); eval has its own crop").params(
-    crop_area_min=Param(float, "inception crop: smallest area fraction", default=0.05),
+    crop_area_min=Param(And(float, InRange(1e-6, 1)), "inception crop: smallest area fraction",
+                        default=0.05),
     flip=Param(Flag(), "random horizontal flip, p = 0.5", default=True),
-    randaug_layers=Param(int, "RandAugment ops per image; 0 = RandAugment off", default=2),
-    randaug_magnitude=Param(int, "RandAugment level (max 10)", default=10),
+    randaug_layers=Param(And(int, InRange(min=0)), "RandAugment ops per image; 0 = RandAugment off",
+                         default=2),
+    randaug_magnitude=Param(And(int, InRange(0, 10)), "RandAugment level (max 10)", default=10),
     randaug_fixed=Param(Flag(), "fix the reference's Contrast/Solarize quirks", default=False),
-    mixup_alpha=Param(float, "mixup a ~ Beta(alpha, alpha); 0 = mixup off", default=0.2),
+    mixup_alpha=Param(And(float, InRange(min=0)), "mixup a ~ Beta(alpha, alpha); 0 = mixup off",
+                      default=0.2),
     mix_on_device=Param(OneOf(["auto", "on", "off"]), "normalise + mix images on the device "
                         "(uint8 host->device copy, same numbers); auto = on GPU", default="auto"),
 )
 Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cosine").params(
-    lr=Param(float, "peak learning rate (big_vision config.lr)", default=1e-3),
-    weight_decay=Param(float, "torch AdamW decay: the step decays w by lr*s(t)*this", default=0.1),
+    lr=Param(And(float, InRange(min=0)), "peak learning rate (big_vision config.lr)", default=1e-3),
+    weight_decay=Param(And(float, InRange(min=0)),
+                       "torch AdamW decay: the step decays w by lr*s(t)*this", default=0.1),
     beta1=Param(float, "Adam b1", default=0.9),
     beta2=Param(float, "Adam b2", default=0.999),
     eps=Param(float, "Adam eps", default=1e-8),
-    grad_clip_norm=Param(float, "clip the global gradient norm to this; 0 = off", default=1.0),
-    warmup_steps=Param(int, "linear warmup from exactly 0 over this many steps", default=10_000),
+    grad_clip_norm=Param(And(float, InRange(min=0)),
+                         "clip the global gradient norm to this; 0 = off", default=1.0),
+    warmup_steps=Param(And(int, InRange(min=0)),
+                       "linear warmup from exactly 0 over this many steps", default=10_000),
     impl=Param(OneOf(["auto", "fused", "foreach", "forloop"]),
                "torch AdamW kernel; auto = fused on GPU, foreach on CPU", default="auto"),
 )
 Section("training", "the run").params(
-    epochs=Param(float, "epochs; steps = round(epochs * n_train / batch_size)", default=90),
-    batch_size=Param(int, "GLOBAL batch, split over the ranks", default=1024),
-    max_steps=Param(int, "stop after this step (schedule unchanged); 0 = run to the end",
+    epochs=Param(And(float, InRange(min=1e-9)),
+                 "epochs; steps = round(epochs * n_train / batch_size)", default=90),
+    batch_size=Param(And(int, InRange(min=1)), "GLOBAL batch, split over the ranks", default=1024),
+    max_steps=Param(And(int, InRange(min=0)),
+                    "stop after this step (schedule unchanged); 0 = run to the end",
                     default=0),
     seed=Param(int, "model init, data order and augmentation seed", default=0),
     precision=Param(OneOf(["bf16", "fp32"]), "autocast dtype (CPU too)", default="bf16"),
@@ -146,20 +156,25 @@ Section("training", "the run").params(
                   default="auto"),
 )
 Section("eval", "top-1 on minival, val, ReaL and v2").params(
-    every=Param(int, "eval every this many steps (and at the end); 0 = only at the end",
+    every=Param(And(int, InRange(min=0)),
+                "eval every this many steps (and at the end); 0 = only at the end",
                 default=2500),
-    batch_size=Param(int, "GLOBAL eval batch", default=1024),
-    crop_ratio=Param(float, "centre crop side / shorter side (224/256: resize 256, crop 224)",
+    batch_size=Param(And(int, InRange(min=1)), "GLOBAL eval batch", default=1024),
+    crop_ratio=Param(And(float, InRange(1e-6, 1)),
+                     "centre crop side / shorter side (224/256: resize 256, crop 224)",
                      default=224 / 256),
 )
 Section("logging", "what rank 0 writes and shows").params(
     folder=Param(str, "output folder; a checkpoint there is resumed", required=True),
-    log_every=Param(int, "log train metrics (and check the loss is finite) every N steps",
+    log_every=Param(And(int, InRange(min=1)),
+                    "log train metrics (and check the loss is finite) every N steps",
                     default=50),
-    checkpoint_every=Param(int, "checkpoint every N steps (and at the end); 0 = end only",
+    checkpoint_every=Param(And(int, InRange(min=0)),
+                           "checkpoint every N steps (and at the end); 0 = end only",
                            default=1000),
     progress=Param(Flag(), "tqdm progress bar", default=True),
-    peak_tflops=Param(float, "per-device peak TFLOP/s for MFU; 0 = known GPUs, else n/a",
+    peak_tflops=Param(And(float, InRange(min=0)),
+                      "per-device peak TFLOP/s for MFU; 0 = known GPUs, else n/a",
                       default=0.0),
 )
 Section("debug", "fault injection for tests").params(
@@ -198,7 +213,8 @@ threading.excepthook = _loader_thread_died
 def _raise_if_failed(epoch_iterator):
     """Call when an ffcv epoch ended: raises if it ended because its thread died."""
     if getattr(epoch_iterator, "failed", None) is not None:
-        raise RuntimeError("the ffcv loader thread failed (traceback above)") from epoch_iterator.failed
+        raise RuntimeError("the ffcv loader thread failed (traceback above)") \
+            from epoch_iterator.failed
 
 
 def _batches(loader):
@@ -430,7 +446,8 @@ class Trainer:
                 continue
             if not Path(path).is_file():
                 raise ConfigError(f"data.{name}_dataset: {path} does not exist. Convert the "
-                                  f"split with write_ffcv.py, or set data.{name}_dataset='' to skip it")
+                                  f"split with write_ffcv.py, or set data.{name}_dataset='' "
+                                  f"to skip it")
             try:
                 self.sidecars[name] = (path, read_sidecar(path))
             except (ConversionError, ValueError) as e:
@@ -477,11 +494,9 @@ class Trainer:
                             randaug_fixed, mixup_alpha, mix_on_device, seed, epochs, batch_size,
                             max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
-        self.num_workers = num_workers or max(1, (os.cpu_count() or 1) //
+        self.num_workers = num_workers or max(1, len(os.sched_getaffinity(0)) //
                                               int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
         self.clock = rand_augment.AugmentClock(seed)
-        if not 0 < crop_area_min <= 1:
-            raise ConfigError(f"augment.crop_area_min={crop_area_min} must be in (0, 1]")
         on_device = mix_on_device == "on" or (mix_on_device == "auto" and self.device.type == "cuda")
         pipes = rand_augment.train_pipelines(
             self.clock, res=img_size, flip=flip, fixed=randaug_fixed,
@@ -853,8 +868,10 @@ class Trainer:
             "device_hours": wall * self.world_size / 3600, "mfu": mfu,
             "flops_per_image": self.flops_per_image,
             "final": {k: v for k, v in evals[-1].items() if k.endswith("_top1")} if evals else {},
-            "tpu_ref_s": images / tpu_img_s, "tpu_ref_300ep_pace_s": images * TPU_300EP_S / (300 * IMAGENET_TRAIN),
-            "projected_full_run_s": total_images / img_s, "tpu_ref_full_run_s": total_images / tpu_img_s}
+            "tpu_ref_s": images / tpu_img_s,
+            "tpu_ref_300ep_pace_s": images * TPU_300EP_S / (300 * IMAGENET_TRAIN),
+            "projected_full_run_s": total_images / img_s,
+            "tpu_ref_full_run_s": total_images / tpu_img_s}
         _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
         lines = [
             f"== summary: {self.folder} ==",
@@ -869,14 +886,16 @@ class Trainer:
             + f"; {self.flops_per_image / 1e9:.3f} GFLOP per training image",
             "final top-1: " + (", ".join(f"{k[:-5]} {v:.2%}" for k, v in summary["final"].items())
                                or "no eval set configured"),
-            f"TPUv3-8 reference (ViT-S/16 at 224 px: 90 ep in 6 h 30 = {tpu_img_s:,.0f} img/s; 300 ep "
-            f"in under 24 h): this run's {images:,} images ({summary['epochs_run']:.2f} epochs) take it "
-            f"{_hms(summary['tpu_ref_s'])} (300-ep pace: under {_hms(summary['tpu_ref_300ep_pace_s'])});"
+            f"TPUv3-8 reference (ViT-S/16 at 224 px: 90 ep in 6 h 30 = {tpu_img_s:,.0f} img/s; "
+            f"300 ep in under 24 h): this run's {images:,} images ({summary['epochs_run']:.2f} "
+            f"epochs) take it {_hms(summary['tpu_ref_s'])} (300-ep pace: under "
+            f"{_hms(summary['tpu_ref_300ep_pace_s'])});"
             f" here {_hms(images / img_s)} at the steady speed, {_hms(self.train_time)} measured "
             f"({tpu_img_s / img_s:.3g}x the reference's time)"]
         if self.step < self.total_steps:
-            lines.append(f"projection to all {self.total_steps:,} steps: {_hms(summary['projected_full_run_s'])}"
-                         f" at this speed vs {_hms(summary['tpu_ref_full_run_s'])} for the reference")
+            lines.append(f"projection to all {self.total_steps:,} steps: "
+                         f"{_hms(summary['projected_full_run_s'])} at this speed vs "
+                         f"{_hms(summary['tpu_ref_full_run_s'])} for the reference")
         if (variant, img_size) != ("S/16", 224):
             lines.append(f"(not like for like: ViT-{variant} at {img_size} px here, ViT-S/16 at "
                          f"224 px in the reference)")
