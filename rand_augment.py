@@ -162,16 +162,20 @@ class AugmentClock:
                 f"batches={self.batches})")
 
 
-class _SkipOnce:
-    """A TraversalOrder wrapper that drops the first `skip` samples of the next epoch's
-    order only, then puts the original order back (FFCV 1.0.2 Loader internals)."""
+class _EpochOrder:
+    """A TraversalOrder wrapper for the next epoch only (FFCV 1.0.2 Loader internals): drops
+    the first `skip` samples (resume) and, with drop_last, the final partial batch, which
+    FFCV 1.0.2's EpochIterator yields despite drop_last=True; then puts the order back."""
 
     def __init__(self, loader, skip):
         self.loader, self.inner, self.skip = loader, loader.traversal_order, skip
 
     def sample_order(self, epoch):
         self.loader.traversal_order = self.inner
-        return self.inner.sample_order(epoch)[self.skip:]
+        order = self.inner.sample_order(epoch)
+        batch = self.loader.batch_size
+        end = len(order) // batch * batch if self.loader.drop_last else len(order)
+        return order[self.skip:end]
 
 
 def epoch_iterator(loader, clock, epoch, first_batch=0):
@@ -179,7 +183,8 @@ def epoch_iterator(loader, clock, epoch, first_batch=0):
 
     Sets the clock (augmentation draws and mixup batch ordinals) and FFCV's own epoch
     counter (the shuffling order), and makes FFCV skip the epoch's first batches without
-    decoding them. Per rank under distributed=True: batch k of this rank's order.
+    decoding them. Per rank under distributed=True: batch k of this rank's order. With
+    drop_last, no partial final batch (FFCV 1.0.2 would yield one).
     If the clock's previous iterator is still running (the caller broke out of an epoch),
     it is closed and joined first: its thread would otherwise keep preparing batches and
     advance the new epoch's batch counters.
@@ -193,8 +198,7 @@ def epoch_iterator(loader, clock, epoch, first_batch=0):
         previous.join()
     clock.set_epoch(epoch, first_batch)
     loader.next_epoch = epoch
-    if first_batch:
-        loader.traversal_order = _SkipOnce(loader, first_batch * loader.batch_size)
+    loader.traversal_order = _EpochOrder(loader, first_batch * loader.batch_size)
     clock._iterator = iter(loader)
     return clock._iterator
 

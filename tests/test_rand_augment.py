@@ -327,6 +327,19 @@ def test_resume_mid_epoch(runs, dataset):
     assert all(np.array_equal(r, f) for r, f in zip(again[-1], runs["full2"][1][-1]))
 
 
+def test_epoch_iterator_drops_the_partial_batch(beton):
+    """FFCV 1.0.2 yields a final partial batch even with drop_last=True; epoch_iterator must
+    not, from the start of an epoch or resumed in it (20 samples, batches of 8: 2 full)."""
+    from ffcv.loader import Loader, OrderOption
+    clock = ra.AugmentClock(SEED)
+    pipes = ra.train_pipelines(clock, res=RES, randaug=None, mixup_alpha=0.0,
+                               num_classes=NUM_CLASSES)
+    loader = Loader(beton, batch_size=BS, num_workers=1, indices=np.arange(20),
+                    order=OrderOption.SEQUENTIAL, drop_last=True, pipelines=pipes)
+    assert [len(b[0]) for b in _epoch(loader, clock, 0)] == [BS, BS]
+    assert [len(b[0]) for b in _epoch(loader, clock, 0, first_batch=1)] == [BS]
+
+
 def test_mixing_on_the_device_gives_the_same_numbers(runs):
     for (xd, yd), (x, y) in zip(runs["device"][0], runs["full2"][0], strict=True):
         assert xd.shape == (BS, 3, RES, RES) and xd.dtype == np.float32
