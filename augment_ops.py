@@ -657,7 +657,7 @@ def golden_table(path):
 
 def _print_golden(path):
     rows = golden_table(path)
-    print(f"| op | values compared | exact | within 1 |\n|---|---:|---:|---:|")
+    print("| op | values compared | exact | within 1 |\n|---|---:|---:|---:|")
     for op in OP_NAMES:
         if op in rows:
             n, e, w1 = rows[op]

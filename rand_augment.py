@@ -503,7 +503,16 @@ def _normalize_one(img, dst):
         o[i] = _vr(s[i])
 
 
-class NormalizeMixup(Operation):
+class _ToFloat32(Operation):
+    """An operation whose output is the input's shape in float32 (value_range(-1, 1))."""
+
+    def declare_state_and_memory(self, previous_state):
+        from dataclasses import replace
+        return (replace(previous_state, dtype=np.dtype(np.float32)),
+                AllocationQuery(previous_state.shape, np.dtype(np.float32)))
+
+
+class NormalizeMixup(_ToFloat32):
     """uint8 NHWC -> float32 NHWC in [-1, 1], then x = a x + (1 - a) roll(x, 1).
 
     a ~ Beta(alpha, alpha) folded to >= 0.5, one per batch, from (seed, epoch, batch
@@ -537,13 +546,8 @@ class NormalizeMixup(Operation):
         normalize_mixup.is_parallel = True
         return normalize_mixup
 
-    def declare_state_and_memory(self, previous_state):
-        from dataclasses import replace
-        return (replace(previous_state, dtype=np.dtype(np.float32)),
-                AllocationQuery(previous_state.shape, np.dtype(np.float32)))
 
-
-class Normalize(Operation):
+class Normalize(_ToFloat32):
     """uint8 NHWC -> float32 NHWC in [-1, 1] (value_range(-1, 1)), for evaluation."""
 
     def generate_code(self):
@@ -558,10 +562,6 @@ class Normalize(Operation):
         normalize.is_parallel = True
         return normalize
 
-    def declare_state_and_memory(self, previous_state):
-        from dataclasses import replace
-        return (replace(previous_state, dtype=np.dtype(np.float32)),
-                AllocationQuery(previous_state.shape, np.dtype(np.float32)))
 
 
 class DeviceNormalizeMixup(Operation):
