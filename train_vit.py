@@ -285,12 +285,13 @@ def optimization_step(model, optimizer, params, images_nchw, targets, precision,
 
 class ResumableOrder(TraversalOrder):
     """ffcv's RANDOM order in distributed mode (DistributedSampler, shuffle, padded to the
-    world size; seed + epoch), started at batch `first_batch` of the epoch so that a resumed
-    run skips batches without decoding them. ffcv builds a custom order by calling it with
-    the Loader. The rank and world size are explicit, so one process needs no process group."""
+    world size; seed + epoch), cut to whole batches (ffcv 1.0.2 ignores drop_last). A resumed
+    epoch starts later through rand_augment.epoch_iterator, which skips batches without
+    decoding them. ffcv builds a custom order by calling it with the Loader. The rank and
+    world size are explicit, so one process needs no process group."""
 
     def __init__(self, rank, world_size):
-        self.rank, self.world_size, self.first_batch = rank, world_size, 0
+        self.rank, self.world_size = rank, world_size
 
     def __call__(self, loader):
         TraversalOrder.__init__(self, loader)
@@ -302,7 +303,7 @@ class ResumableOrder(TraversalOrder):
         sampler.set_epoch(epoch)
         order = self.indices[np.fromiter(iter(sampler), dtype=np.int64)]
         batch = self.loader.batch_size
-        return order[self.first_batch * batch:len(order) // batch * batch]
+        return order[:len(order) // batch * batch]
 
 
 class ReaLAccuracy(torchmetrics.Metric):
@@ -508,12 +509,11 @@ class Trainer:
         image_tail = (rand_augment.device_tail(self.clock, self.device, mixup_alpha)
                       if on_device else to_device)
         self.train_images_nhwc = not on_device
-        self.order = ResumableOrder(self.rank, self.world_size)
         self.train_loader = Loader(
             train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
-            os_cache=in_memory, order=self.order, distributed=self.distributed, seed=seed,
-            drop_last=True, pipelines={"image": pipes["image"] + image_tail,
-                                       "label": pipes["label"] + to_device})
+            os_cache=in_memory, order=ResumableOrder(self.rank, self.world_size),
+            distributed=self.distributed, seed=seed, drop_last=True,
+            pipelines={"image": pipes["image"] + image_tail, "label": pipes["label"] + to_device})
         _LOADERS.append(self.train_loader)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
@@ -661,10 +661,8 @@ class Trainer:
         try:
             while self.step < self.stop_step:
                 epoch, first_batch = divmod(self.step, self.steps_per_epoch)
-                self.clock.set_epoch(epoch, first_batch)
-                self.order.first_batch = first_batch
-                self.train_loader.next_epoch = epoch
-                batches = iter(self.train_loader)
+                batches = rand_augment.epoch_iterator(self.train_loader, self.clock, epoch,
+                                                      first_batch)
                 try:
                     while self.step < self.stop_step:
                         t0 = time.perf_counter()
