@@ -164,6 +164,10 @@ class ViT(nn.Module):
         self.rep_size = width if rep_size is True else int(rep_size or 0)
 
         self.embedding = nn.Conv2d(3, width, kernel_size=p, stride=p)
+        # The stride-p conv computed as one matmul over flattened patches (same weights,
+        # same function): cuDNN runs this conv as an implicit GEMM about 30x slower than
+        # the matmul it is (README, "Speed"). False runs the Conv2d itself.
+        self.patch_matmul = True
         n_tokens = self.grid[0] * self.grid[1]
         if posemb == "sincos2d":  # not in the state dict: it is a function of the shapes
             self.register_buffer("pos_embedding", sincos_2d(*self.grid, width)[None], persistent=False)
@@ -201,10 +205,16 @@ class ViT(nn.Module):
                 lecun_normal_(self.head.weight)
             nn.init.zeros_(self.head.bias)
 
+    def embed_patches(self, x):
+        conv = self.embedding
+        if not self.patch_matmul:
+            return conv(x).flatten(2).transpose(1, 2)
+        return F.linear(_patches(x, self.patch_size), conv.weight.flatten(1), conv.bias)
+
     def forward(self, x):
         if x.shape[-2:] != self.img_size:
             raise ValueError(f"vit.py: ViT built for {self.img_size} images got {tuple(x.shape[-2:])}")
-        x = self.embedding(x).flatten(2).transpose(1, 2)  # [B, h*w, width], tokens row-major
+        x = self.embed_patches(x)  # [B, h*w, width], tokens row-major
         x = x + self.pos_embedding
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
@@ -215,6 +225,14 @@ class ViT(nn.Module):
         if self.pre_logits is not None:
             x = torch.tanh(self.pre_logits(x))
         return self.head(x) if self.head is not None else x
+
+
+def _patches(x, p):
+    """[B, C, H, W] -> [B, (H/p)*(W/p), C*p*p]: row-major patches, each flattened in the
+    (channel, row, column) order of a Conv2d kernel."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
 
 
 def param_groups(model, weight_decay):

@@ -232,3 +232,17 @@ def test_compiles_without_graph_breaks():
     x = torch.rand(2, 3, 16, 16)
     compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo trace only: fast
     torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_patch_matmul_is_the_patch_conv():
+    """The default patch embedding (one matmul over flattened patches) computes the Conv2d's
+    function with its weights: equal in float64 to rounding, tokens in the same order."""
+    torch.manual_seed(0)
+    model = vit.ViT("mu/8", img_size=(32, 48)).double()
+    x = torch.randn(3, 3, 32, 48, dtype=torch.float64)
+    assert model.patch_matmul
+    fast = model.embed_patches(x)
+    model.patch_matmul = False
+    conv = model.embed_patches(x)
+    assert fast.shape == (3, 4 * 6, 32)
+    torch.testing.assert_close(fast, conv, rtol=1e-12, atol=1e-12)
