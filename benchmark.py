@@ -20,12 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# As train_vit.py: FFCV loader threads made one after another may overlap in numba parallel
+# code, which numba's default 'workqueue' layer answers with an abort.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
+
+import torch  # noqa: E402
 
 import vit
-
-TPU_90EP_S = 6.5 * 3600          # TPUv3-8, ViT-S/16 90 epochs (RECIPE.md)
-IMAGENET_TRAIN = 1_268_355       # the 99% of ImageNet-1k train the recipe trains on
+from report import IMAGENET_TRAIN, TPU_90EP_S, compiled_frames, measure_peak_tflops, mfu
 
 
 def _device(name):
@@ -39,45 +41,41 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def measure_peak_tflops(device, dtype=torch.bfloat16, n=None, repeats=10):
-    """Matmul throughput of this device with one large square matmul, in TFLOP/s: the
-    denominator of MFU, measured in the same run rather than read off a datasheet."""
-    n = n or (8192 if device.type == "cuda" else 512)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(device)
-    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
+def attention_shape(variant, batch_size, img_size=224):
+    """[batch, heads, tokens, head_dim] of the model's scaled_dot_product_attention call:
+    ViT-S/16 at 224 and batch 128 -> (128, 6, 196, 64)."""
+    v = vit.decode_variant(variant)
+    tokens = (img_size // v["patch_size"]) ** 2
+    return batch_size, v["num_heads"], tokens, v["width"] // v["num_heads"]
 
 
-def flash_attention_status(device, heads, head_dim):
-    """Whether SDPA's flash kernel accepts this model's attention shape in bf16."""
+def flash_attention_status(device, shape):
+    """Whether SDPA's flash kernel accepts this attention shape (attention_shape) in bf16,
+    forward and backward; the profile (--profile) shows which kernel the model really ran."""
     if device.type != "cuda":
         return "n/a (cpu)"
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    q = torch.randn(2, heads, 196, head_dim, device=device, dtype=torch.bfloat16)
+    q = torch.randn(*shape, device=device, dtype=torch.bfloat16, requires_grad=True)
     try:
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            torch.nn.functional.scaled_dot_product_attention(q, q, q)
-        return "used (flash kernel accepts the shape)"
+            torch.nn.functional.scaled_dot_product_attention(q, q, q).sum().backward()
+        return f"flash kernel accepts {list(shape)} (fwd + bwd)"
     except RuntimeError as err:
         return f"NOT available: {str(err).splitlines()[0]}"
 
 
 def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224,
-               num_classes=1000, precision="bf16"):
+               num_classes=1000, precision="bf16", compile_mode="default", profile=0,
+               patch_matmul=True):
     """Images/s of train_vit's optimization step on a synthetic batch already on the device,
-    and the optimizer's share of the step time."""
+    the optimizer's share of the step time, the recompiles after the first step, and with
+    profile > 0 the kernels of that many profiled steps, by device time."""
     import train_vit
     model = vit.ViT(variant, num_classes=num_classes, img_size=img_size).to(device)
+    model.patch_matmul = patch_matmul
     optimizer = train_vit.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", device.type)
     params = [p for p in model.parameters() if p.requires_grad]
-    run_model = train_vit.compile_model(model) if compile else model
+    run_model = train_vit.compile_model(model, compile_mode) if compile else model
     images = torch.rand(batch_size, 3, img_size, img_size, device=device) * 2 - 1
     targets = torch.softmax(torch.randn(batch_size, num_classes, device=device), dim=-1)
 
@@ -86,7 +84,9 @@ def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224
                                            precision, 1.0)
 
     compile_start = time.perf_counter()
-    for _ in range(warmup):
+    step()
+    frames_after_first = compiled_frames()
+    for _ in range(warmup - 1):
         step()
     _sync(device)
     warmup_s = time.perf_counter() - compile_start
@@ -95,6 +95,8 @@ def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224
         step()
     _sync(device)
     step_s = (time.perf_counter() - start) / steps
+    recompiles = compiled_frames() - frames_after_first
+    kernels = profile_kernels(step, profile, device) if profile else ([], 0.0)
     # The optimizer's share: the same AdamW update alone, on the gradients left by a step.
     for p in params:
         p.grad = torch.zeros_like(p)
@@ -105,7 +107,29 @@ def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224
     _sync(device)
     opt_s = (time.perf_counter() - start) / steps
     return {"img_s": batch_size / step_s, "step_ms": step_s * 1e3, "optimizer_ms": opt_s * 1e3,
-            "warmup_s": warmup_s, "flops_per_image": vit.flops_per_image(model)}
+            "warmup_s": warmup_s, "flops_per_image": vit.flops_per_image(model),
+            "recompiles": recompiles, "kernels": kernels[0], "busy_ms": kernels[1]}
+
+
+def profile_kernels(step, steps, device, top=12):
+    """([(kernel name, ms per step, share of device time)] of `steps` steps under
+    torch.profiler, largest first; kernel ms per step, all kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    from torch.autograd import DeviceType
+    times = {}
+    for e in prof.events():
+        if device.type == "cuda" and e.device_type != DeviceType.CUDA:
+            continue  # kernels only: CPU-side ops overlap them
+        t = e.device_time_total if device.type == "cuda" else e.self_cpu_time_total
+        times[e.name] = times.get(e.name, 0.0) + t
+    total = sum(times.values()) or 1.0
+    ranked = sorted(times.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, t / 1e3 / steps, t / total) for name, t in ranked], total / 1e3 / steps
 
 
 def project(step_img_s, loader_img_s_per_core, gpus=8, cores=None, epochs=(90, 150, 300)):
@@ -167,22 +191,32 @@ def cmd_step(args):
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    width, depth, heads, mlp = vit.VARIANTS[args.variant.split("/")[0]]
+    shape = attention_shape(args.variant, args.batch_size, args.img_size)
+    mode = (args.compile_mode if args.compile else "off") + (
+        ", patch conv" if args.patch_embed == "conv" else "")
     print(f"step: ViT-{args.variant} at {args.img_size}px, batch {args.batch_size} on "
           f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-          f"{args.precision}, compile={'on' if args.compile else 'off'}, torch {torch.__version__}")
+          f"{args.precision}, compile={mode}, torch {torch.__version__}")
     peak = measure_peak_tflops(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     r = bench_step(args.variant, args.batch_size, args.steps, args.warmup, args.compile, device,
-                   args.img_size, precision=args.precision)
-    mfu = r["img_s"] * r["flops_per_image"] / (peak * 1e12)
-    print(f"flash attention: {flash_attention_status(device, heads, width // heads)}")
-    print(f"warm-up ({args.warmup} steps, compile included): {r['warmup_s']:.1f} s")
-    print(f"step {r['step_ms']:.1f} ms, optimizer alone {r['optimizer_ms']:.2f} ms "
+                   args.img_size, precision=args.precision, compile_mode=args.compile_mode,
+                   profile=args.profile, patch_matmul=args.patch_embed == "matmul")
+    print(f"attention {list(shape)}: {flash_attention_status(device, shape)}")
+    print(f"warm-up ({args.warmup} steps, compile included): {r['warmup_s']:.1f} s; "
+          f"recompiles after the first step: {r['recompiles']}")
+    print(f"step {r['step_ms']:.2f} ms, optimizer alone {r['optimizer_ms']:.2f} ms "
           f"({r['optimizer_ms'] / r['step_ms']:.1%} of the step)")
+    if r["kernels"]:
+        print(f"profile: {'kernels' if device.type == 'cuda' else 'CPU ops'} busy "
+              f"{r['busy_ms']:.2f} ms per step; top by time (ms per step, share):")
+        for name, ms, share in r["kernels"]:
+            print(f"  {ms:8.3f} {share:6.1%}  {name[:110]}")
     print(f"measured {args.precision} matmul peak: {peak:.3g} TFLOP/s"
           + (" (CPU: MFU of a tiny model is only a smoke figure)" if device.type == "cpu" else ""))
-    print(f"RESULT step: {r['img_s']:,.1f} img/s per device, "
-          f"{r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {mfu:.1%}")
+    util = mfu(r["img_s"], r["flops_per_image"], peak)
+    print(f"RESULT step: {r['img_s']:,.1f} img/s per device, batch {args.batch_size}, "
+          f"compile={mode}, {r['flops_per_image'] / 1e9:.3g} GFLOP/img, MFU {util:.1%} "
+          f"of the measured peak")
 
 
 def bench_pipelines(clock, kind, res=224, num_classes=1000):
@@ -350,6 +384,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
     p.add_argument("--compile", type=int, default=None, help="torch.compile (default: on for cuda)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
+    p.add_argument("--profile", type=int, default=0, help="profile this many steps: top kernels")
+    p.add_argument("--patch-embed", choices=("matmul", "conv"), default="matmul",
+                   help="vit.py's patch embedding as one matmul (default) or its Conv2d")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.set_defaults(fn=cmd_step)

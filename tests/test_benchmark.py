@@ -4,6 +4,7 @@ train_vit.main) on tiny inputs, and its RESULT lines are checked."""
 import re
 
 import pytest
+import torch
 
 import benchmark
 from conftest import ROOT
@@ -52,7 +53,23 @@ def test_step_on_cpu_reports_speed_and_mfu(capsys):
     line = results(out)[-1]
     assert number(r"([\d,.]+) img/s", line) > 0
     assert 0 < number(r"MFU ([\d.]+)%", line)
-    assert "optimizer alone" in out
+    assert "optimizer alone" in out and "recompiles after the first step: 0" in out
+
+
+def test_flash_check_uses_the_models_attention_shape():
+    # vit.VARIANTS is (width, depth, mlp_dim, num_heads): S/16 has 6 heads of 64
+    assert benchmark.attention_shape("S/16", 128) == (128, 6, 196, 64)
+    assert benchmark.attention_shape("B/16", 256, img_size=384) == (256, 12, 576, 64)
+    assert benchmark.attention_shape("mu/8", 8, img_size=32) == (8, 2, 16, 16)
+
+
+def test_mfu_is_one_definition():
+    import report
+    assert report.mfu(1000, 27.4e9, 800) == pytest.approx(1000 * 27.4e9 / 800e12)
+    peak, source = report.peak_source(torch.device("cpu"), torch.float32, 123.0)
+    assert peak == 123.0 and "logging.peak_tflops" in source
+    peak, source = report.peak_source(torch.device("cpu"), torch.float32)
+    assert peak > 0 and "fp32 512x512 matmul measured" in source
 
 
 @pytest.fixture(scope="module")
