@@ -62,6 +62,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 import rand_augment
+import report
 import vit
 from write_ffcv import ConversionError, read_sidecar
 
@@ -154,6 +155,9 @@ Section("training", "the run").params(
     precision=Param(OneOf(["bf16", "fp32"]), "autocast dtype (CPU too)", default="bf16"),
     compile=Param(OneOf(["auto", "on", "off"]), "torch.compile; auto = on GPU only",
                   default="auto"),
+    compile_mode=Param(OneOf(["default", "reduce-overhead", "max-autotune",
+                              "max-autotune-no-cudagraphs"]),
+                       "torch.compile mode (same numbers, different kernels)", default="default"),
 )
 Section("eval", "top-1 on minival, val, ReaL and v2").params(
     every=Param(And(int, InRange(min=0)),
@@ -174,7 +178,7 @@ Section("logging", "what rank 0 writes and shows").params(
                            default=1000),
     progress=Param(Flag(), "tqdm progress bar", default=True),
     peak_tflops=Param(And(float, InRange(min=0)),
-                      "per-device peak TFLOP/s for MFU; 0 = known GPUs, else n/a",
+                      "per-device peak TFLOP/s for MFU; 0 = measure a matmul at start-up",
                       default=0.0),
 )
 Section("debug", "fault injection for tests").params(
@@ -182,11 +186,6 @@ Section("debug", "fault injection for tests").params(
                             default=-1),
 )
 
-# TPUv3-8 reference (paper, section 3): 90 epochs of 1,268,355 images in 6 h 30; 300 < 24 h.
-IMAGENET_TRAIN = 1_268_355
-TPU_90EP_S, TPU_300EP_S = 6.5 * 3600, 24 * 3600
-# Dense bf16 peak FLOP/s for MFU, matched against torch.cuda.get_device_name().
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 SECTIONS = ("data", "model", "augment", "optimizer", "training", "eval", "logging", "debug")
 EXIT_OK, EXIT_NONFINITE, EXIT_CONFIG, EXIT_SIGTERM = 0, 1, 2, 128 + signal.SIGTERM
 
@@ -222,6 +221,42 @@ def _batches(loader):
     epoch_iterator = iter(loader)
     yield from epoch_iterator
     _raise_if_failed(epoch_iterator)
+
+
+class HostLead:
+    """Keeps the host at most one batch ahead of the GPU, so FFCV may reuse its buffers.
+
+    FFCV 1.0.2 decodes each batch into one of batches_ahead + 2 pinned host buffers and
+    copies it to the GPU asynchronously; before it decodes into a buffer again it waits
+    only on the GPU side. With a step that queues its kernels without a host sync (ours),
+    a host running ahead of a slow GPU would overwrite a buffer whose copy has not yet
+    run, and the GPU would train on a later batch's pixels. Call wait() before taking a
+    batch and mark() right after: the host then takes batch k + 1 only once the GPU has
+    reached batch k (its copy done, step k - 1 finished). A no-op off CUDA.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.event = None
+
+    def wait(self):
+        if self.event is not None:
+            self.event.synchronize()
+
+    def mark(self):
+        if self.cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def paced(self, batches):
+        """Yield from an ffcv epoch iterator with wait()/mark() around each batch."""
+        while True:
+            self.wait()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.mark()
+            yield batch
 
 
 class ConfigError(Exception):
@@ -262,9 +297,9 @@ def clip_global_norm_(params, max_norm):
     return norm
 
 
-def compile_model(model):
-    """torch.compile as the trainer uses it on GPU (default mode; benchmark.py shares it)."""
-    return torch.compile(model)
+def compile_model(model, mode="default"):
+    """torch.compile as the trainer uses it on GPU (benchmark.py shares it)."""
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 def optimization_step(model, optimizer, params, images_nchw, targets, precision, grad_clip_norm):
@@ -392,7 +427,9 @@ class Trainer:
     @param("eval.batch_size", "eval_batch_size")
     @param("training.seed")
     def setup_distributed(self, batch_size, eval_batch_size, seed):
-        """torchrun's env vars -> process group (nccl on GPU, gloo on CPU); 1 process without."""
+        """torchrun's env vars -> process group (nccl on GPU, gloo on CPU) and DDP, also for a
+        single torchrun process (the path an 8-GPU run takes, testable on one GPU); a plain
+        `python train_vit.py` runs one process without them."""
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -411,7 +448,7 @@ class Trainer:
             # Denormal floats (tiny Adam moments and activations of the zero-initialised
             # head) slow x86 float math by 10x here; TPUs and GPU tensor cores flush them too.
             torch.set_flush_denormal(True)
-        self.distributed = self.world_size > 1
+        self.distributed = self.world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
         if self.distributed:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                     device_id=self.device if self.device.type == "cuda" else None)
@@ -556,15 +593,20 @@ class Trainer:
     @param("model.rep_size")
     @param("model.head_zeroinit")
     @param("training.compile")
+    @param("training.compile_mode")
+    @param("training.precision")
+    @param("logging.peak_tflops")
     def create_model(self, variant, img_size, pool_type, posemb, rep_size, head_zeroinit,
-                     compile):
+                     compile, compile_mode, precision, peak_tflops):
         """ViT on the device; torch.compile (default on GPU), then DDP across the ranks."""
         self.raw_model = vit.ViT(variant, num_classes=self.num_classes, pool_type=pool_type,
                                  posemb=posemb, rep_size=rep_size, head_zeroinit=head_zeroinit,
                                  img_size=img_size).to(self.device)
         self.flops_per_image = vit.flops_per_image(self.raw_model, training=True)
         self.compiled = compile == "on" or (compile == "auto" and self.device.type == "cuda")
-        model = compile_model(self.raw_model) if self.compiled else self.raw_model
+        model = compile_model(self.raw_model, compile_mode) if self.compiled else self.raw_model
+        self.peak_tflops, self.peak_source = report.peak_source(
+            self.device, torch.bfloat16 if precision == "bf16" else torch.float32, peak_tflops)
         if self.distributed:
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device] if self.device.type == "cuda" else None)
@@ -657,6 +699,7 @@ class Trainer:
         self.session_first_step, self.last_eval_step = self.step, None
         self.session_train_time, self.session_windows = 0.0, 0
         self.steady_steps, self.steady_time = 0, 0.0
+        self.host_lead = HostLead(self.device)
         self._reset_window()
         try:
             while self.step < self.stop_step:
@@ -665,18 +708,24 @@ class Trainer:
                                                       first_batch)
                 try:
                     while self.step < self.stop_step:
+                        if self.window_steps == 0:
+                            self.window_start = time.perf_counter()
+                        t0 = time.perf_counter()
+                        self.host_lead.wait()
+                        self.window_gpu_wait += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         batch = next(batches, None)
                         if batch is None:
                             _raise_if_failed(batches)
                             break
-                        t1 = time.perf_counter()
+                        self.window_wait += time.perf_counter() - t0
+                        self.host_lead.mark()
                         self.train_step(*batch)
                         self.step += 1
+                        if self.step == self.session_first_step + 1:
+                            self.frames_after_first = report.compiled_frames()
                         self.pbar.update(1)
-                        self.window_wait += t1 - t0
                         self.window_steps += 1
-                        self.window_time += time.perf_counter() - t0
                         stopping = self._sigterm_agreed()
                         at_end = self.step == self.stop_step
                         do_eval = every and self.step % every == 0 and not stopping
@@ -737,12 +786,17 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         self.window_loss, self.window_grad_norm, self.window_nonfinite = zero, zero.clone(), zero.int()
         self.window_steps, self.window_wait, self.window_time = 0, 0.0, 0.0
+        self.window_gpu_wait = 0.0
 
     def log_train(self):
         """Every log_every steps: mean loss over the ranks and steps, lr, speed; stop on a
         non-finite loss before anything else is written."""
         if self.window_steps == 0:
             return
+        # The window ends when the device has finished its steps, not when they were queued.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.window_time = time.perf_counter() - self.window_start
         stats = torch.stack([self.window_loss, self.window_nonfinite.float()])
         if self.distributed:
             dist.all_reduce(stats)
@@ -764,6 +818,7 @@ class Trainer:
                   "grad_norm": self.window_grad_norm.item() / self.window_steps,
                   "img_per_s": images / self.window_time,
                   "data_wait": self.window_wait / self.window_time,
+                  "gpu_wait": self.window_gpu_wait / self.window_time,
                   "train_time_s": self.train_time}
         self._reset_window()
         self.pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}",
@@ -785,7 +840,8 @@ class Trainer:
                 self.num_classes, average="micro").to(self.device)
             loss = torchmetrics.MeanMetric().to(self.device)
             real = ReaLAccuracy().to(self.device)
-            for batch in _batches(loader):
+            lead = HostLead(self.device)
+            for batch in lead.paced(_batches(loader)):
                 images, labels = batch[0].permute(0, 3, 1, 2), batch[1].view(-1).long()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
@@ -835,8 +891,7 @@ class Trainer:
 
     @param("model.variant")
     @param("model.img_size")
-    @param("logging.peak_tflops")
-    def finish(self, variant, img_size, peak_tflops):
+    def finish(self, variant, img_size):
         """Rank 0: curves.png, then the summary, printed and as summary.json: time, speed,
         device-hours, MFU, accuracy, and the TPUv3-8 reference for as many images."""
         if not self.is_main:
@@ -851,9 +906,9 @@ class Trainer:
                  else steps * batch / max(self.session_train_time, 1e-9))
         on_gpu = self.device.type == "cuda"
         name = torch.cuda.get_device_name(self.device) if on_gpu else "cpu"
-        peak = peak_tflops * 1e12 or next((v for k, v in PEAK_BF16.items() if k in name), 0)
-        mfu = self.flops_per_image * img_s / self.world_size / peak if peak else None
-        tpu_img_s = 90 * IMAGENET_TRAIN / TPU_90EP_S  # 4,878 img/s; 300 ep: >= 4,404
+        self.recompiles = report.compiled_frames() - self.frames_after_first
+        mfu = report.mfu(img_s / self.world_size, self.flops_per_image, self.peak_tflops)
+        tpu_img_s = 90 * report.IMAGENET_TRAIN / report.TPU_90EP_S  # 4,878 img/s
         images, total_images = self.step * batch, self.total_steps * batch
         evals = [r for r in log if any(k.endswith("_top1") for k in r)]
         summary = {
@@ -864,10 +919,12 @@ class Trainer:
             "img_per_s": img_s, "img_per_s_per_device": img_s / self.world_size,
             "devices": self.world_size, "device": name,
             "device_hours": wall * self.world_size / 3600, "mfu": mfu,
+            "peak_tflops": self.peak_tflops, "peak_source": self.peak_source,
+            "recompiles_after_first_step": self.recompiles if self.compiled else None,
             "flops_per_image": self.flops_per_image,
             "final": {k: v for k, v in evals[-1].items() if k.endswith("_top1")} if evals else {},
             "tpu_ref_s": images / tpu_img_s,
-            "tpu_ref_300ep_pace_s": images * TPU_300EP_S / (300 * IMAGENET_TRAIN),
+            "tpu_ref_300ep_pace_s": images * report.TPU_300EP_S / (300 * report.IMAGENET_TRAIN),
             "projected_full_run_s": total_images / img_s,
             "tpu_ref_full_run_s": total_images / tpu_img_s}
         _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
@@ -879,9 +936,9 @@ class Trainer:
             f"speed {img_s:,.1f} img/s ({img_s / self.world_size:,.1f} per device, compilation "
             f"left out); {summary['device_hours']:.4f} {'GPU' if on_gpu else 'device'}-hours on "
             f"{self.world_size} x {name}",
-            "MFU " + (f"{mfu:.1%} of {peak / 1e12:,.0f} TFLOP/s bf16 peak per device" if mfu else
-                      "n/a (peak unknown for this device: set logging.peak_tflops)")
-            + f"; {self.flops_per_image / 1e9:.3f} GFLOP per training image",
+            f"MFU {mfu:.1%} of {self.peak_tflops:,.4g} TFLOP/s per device ({self.peak_source}); "
+            f"{self.flops_per_image / 1e9:.3f} GFLOP per training image"
+            + (f"; recompiles after the first step: {self.recompiles}" if self.compiled else ""),
             "final top-1: " + (", ".join(f"{k[:-5]} {v:.2%}" for k, v in summary["final"].items())
                                or "no eval set configured"),
             f"TPUv3-8 reference (ViT-S/16 at 224 px: 90 ep in 6 h 30 = {tpu_img_s:,.0f} img/s; "

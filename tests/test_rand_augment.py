@@ -18,6 +18,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 import rand_augment as ra
@@ -176,7 +177,8 @@ def _epoch(loader, clock, epoch, first_batch=0):
         if item is None:
             it.close()
             return out
-        out.append(tuple(np.array(t.numpy() if hasattr(t, "numpy") else t) for t in item[1]))
+        out.append(tuple(np.array(t.cpu().numpy() if hasattr(t, "numpy") else t)
+                         for t in item[1]))
 
 
 @pytest.fixture(scope="module")
@@ -187,9 +189,9 @@ def runs(beton):
     def run(name, workers, randaug, alpha, indices=None, epochs=(0,), on_device=False):
         clock = ra.AugmentClock(SEED)
         pipes = ra.train_pipelines(clock, res=RES, randaug=randaug, mixup_alpha=alpha,
-                                   num_classes=NUM_CLASSES, mix_on_device=on_device)
-        if on_device:   # the torch stage, on the CPU here (the same code runs on a GPU)
-            pipes["image"] += ra.device_tail(clock, "cpu", alpha)
+                                   num_classes=NUM_CLASSES, mix_on_device=bool(on_device))
+        if on_device:   # the torch stage: on the CPU, and on a GPU where there is one
+            pipes["image"] += ra.device_tail(clock, on_device, alpha)
         loader = Loader(beton, batch_size=BS, num_workers=workers, indices=indices,
                         order=OrderOption.SEQUENTIAL, drop_last=False, pipelines=pipes)
         out[name] = {e: _epoch(loader, clock, e) for e in epochs}
@@ -200,7 +202,9 @@ def runs(beton):
     run("full2", 2, (2, 10), ALPHA, epochs=(0, 1))
     run("full1", 1, (2, 10), ALPHA)
     run("rank1", 1, (2, 10), ALPHA, indices=np.arange(BS, N))
-    run("device", 1, (2, 10), ALPHA, on_device=True)
+    run("device", 1, (2, 10), ALPHA, on_device="cpu")
+    if torch.cuda.is_available():
+        run("cuda", 1, (2, 10), ALPHA, on_device="cuda")
     yield out
     # Free the loaders now, hushing the KeyError that numba's finaliser raises for FFCV's
     # throw-away decoder dispatchers (harmless, and not ours).
@@ -340,8 +344,10 @@ def test_epoch_iterator_drops_the_partial_batch(beton):
     assert [len(b[0]) for b in _epoch(loader, clock, 0, first_batch=1)] == [BS]
 
 
-def test_mixing_on_the_device_gives_the_same_numbers(runs):
-    for (xd, yd), (x, y) in zip(runs["device"][0], runs["full2"][0], strict=True):
+@pytest.mark.parametrize("device", ["device", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_mixing_on_the_device_gives_the_same_numbers(runs, device):
+    for (xd, yd), (x, y) in zip(runs[device][0], runs["full2"][0], strict=True):
         assert xd.shape == (BS, 3, RES, RES) and xd.dtype == np.float32
         assert np.array_equal(xd, x.transpose(0, 3, 1, 2)) and np.array_equal(yd, y)
-    assert runs["device"]["clock"].batches == (N // BS, N // BS)
+    assert runs[device]["clock"].batches == (N // BS, N // BS)

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The checklist of a session on a lent GPU box (README "Speed"), NOT run by CI (CI has no GPU).
+# Each phase fits one 10-minute device call; every figure comes from a repo command:
+#   bash .ci/gpu_session.sh setup step      # wheels, smoke test, step benchmark + profile, GPU tests
+#   bash .ci/gpu_session.sh setup data loader train  # photos -> betons, loader at 16/8 threads,
+#                                          # real torchrun runs: twice unbroken, SIGTERM + resume
+#   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
+# TRAIN_BETON=train_raw (raw pixels: a loader that keeps up) and STEPS=200 set the train runs.
+# Needs the offline wheels in .whl/ (../shared/gpu-kit: `mkdir -p .whl && cp
+# ../shared/gpu-kit/*.whl ../shared/gpu-kit/smoke_test.py .whl/`) and, where built, build/.
+# Logs go to $OUT (the device tool brings them back) or ./gpu_logs.
+set -uo pipefail
+PY=${PY:-python3}
+LOGS=${OUT:-gpu_logs}
+WORK=${WORK:-/tmp/vit_gpu}
+mkdir -p "$LOGS" "$WORK"
+export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=$WORK/numba_cache
+say() { echo "=== $(date +%T) $*"; }
+
+setup() {
+  say setup
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv
+  lscpu | grep -E "^CPU\(s\)|Thread|Core\(s\)|Socket|Model name"
+  $PY .whl/smoke_test.py > "$LOGS/smoke.log" 2>&1; tail -n 2 "$LOGS/smoke.log"
+}
+
+step() {
+  say "step benchmark (issue 10, item 1)"
+  for bs in 128 256; do
+    $PY benchmark.py step --variant S/16 --batch-size "$bs" --compile 0 --steps 30
+    $PY benchmark.py step --variant S/16 --batch-size "$bs" --compile 1 --steps 50 \
+        $([ "$bs" = 128 ] && echo --profile 5)
+  done 2>&1 | tee "$LOGS/step.log" | grep -v "^  "
+  grep -A13 "top kernels" "$LOGS/step.log" | head -14
+  say "GPU-only tests"
+  $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py \
+      "tests/test_rand_augment.py::test_mixing_on_the_device_gives_the_same_numbers" \
+      2>&1 | tee "$LOGS/pytest_gpu.log" | tail -n 6
+}
+
+push() {
+  say "step variants at batch 128 (issue 10, Push)"
+  { $PY benchmark.py step --batch-size 128 --compile 1 --steps 50 --profile 5
+    $PY benchmark.py step --batch-size 128 --compile 1 --steps 50 --patch-embed conv
+    $PY benchmark.py step --batch-size 128 --compile 1 --steps 50 --compile-mode reduce-overhead
+    timeout 240 $PY benchmark.py step --batch-size 128 --compile 1 --steps 50 \
+        --compile-mode max-autotune-no-cudagraphs; } 2>&1 | tee "$LOGS/push.log" | grep -v "^  "
+  grep -A13 "^profile" "$LOGS/push.log" | head -14
+}
+
+data() {
+  say "photos and betons"
+  $PY benchmark.py photos --out "$WORK/photos" --n "${PHOTOS:-2560}" | tail -n 1
+  for split in train minival; do
+    $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/$split.beton" \
+        --cfg.split=$split --cfg.overwrite=1 2>&1 | tail -n 1
+  done
+  $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/train_raw.beton" \
+      --cfg.split=train --cfg.write_mode=raw --cfg.overwrite=1 2>&1 | tail -n 1
+}
+
+loader() {
+  say "loader (issue 10, item 2)"
+  for w in 16 8; do
+    $PY benchmark.py loader --beton "$WORK/train.beton" --batch-size 128 --workers $w \
+        --batches 30 2>&1 | grep RESULT
+  done | tee "$LOGS/loader.log"
+}
+
+TRAIN_BETON=${TRAIN_BETON:-train}
+STEPS=${STEPS:-200}
+train_cmd() {  # a short real run of the recipe: one torchrun process, nccl, compile, bf16
+  $PY -m torch.distributed.run --standalone --nproc_per_node=1 train_vit.py \
+    --config-file configs/vit_s16_90ep.yaml --data.train_dataset="$WORK/$TRAIN_BETON.beton" \
+    --data.minival_dataset="$WORK/minival.beton" --data.val_dataset= --data.v2_dataset= \
+    --data.real=0 --training.batch_size=128 --eval.batch_size=128 \
+    --training.max_steps="$STEPS" --optimizer.warmup_steps=50 --eval.every=100 \
+    --logging.checkpoint_every=100 --logging.log_every=25 --logging.progress=0 \
+    --logging.folder="$1"
+}
+
+train() {
+  say "train on $TRAIN_BETON: twice unbroken (the run-to-run noise), once stopped and resumed"
+  rm -rf "$WORK/unbroken" "$WORK/unbroken2" "$WORK/broken"
+  for run in unbroken unbroken2; do
+    TORCH_LOGS=recompiles train_cmd "$WORK/$run" > "$LOGS/train_$run.log" 2>&1
+    echo "$run: exit $?; recompile messages: $(grep -c 'Recompiling' "$LOGS/train_$run.log")"
+    grep -A4 "== summary" "$LOGS/train_$run.log" | grep -E "speed|MFU"
+  done
+  train_cmd "$WORK/broken" > "$LOGS/train_broken.log" 2>&1 &
+  pid=$!
+  while kill -0 $pid 2>/dev/null; do
+    if grep -qE '"step": [1-9][0-9][0-9]' "$WORK/broken/log.jsonl" 2>/dev/null; then
+      kill -TERM $pid; break; fi
+    sleep 0.5
+  done
+  wait $pid; echo "broken: exit $? (143 = stopped by SIGTERM)"
+  grep -i "sigterm" "$LOGS/train_broken.log"
+  train_cmd "$WORK/broken" > "$LOGS/train_resumed.log" 2>&1
+  echo "resumed: exit $?"; grep -E "resuming|speed" "$LOGS/train_resumed.log"
+  for run in unbroken unbroken2 broken; do cp "$WORK/$run/log.jsonl" "$LOGS/log_$run.jsonl"; done
+  $PY - "$WORK"/{unbroken,unbroken2,broken}/log.jsonl <<'EOF' | tee "$LOGS/compare.log"
+import json, sys
+a, b, c = ({r["step"]: r for r in map(json.loads, open(p))} for p in sys.argv[1:])
+print("step  loss: unbroken  unbroken2  resumed | data_wait gpu_wait img/s (unbroken)")
+for s in sorted(a.keys() & c.keys()):
+    if "train_loss" in a[s]:
+        print(f"{s:4d}  {a[s]['train_loss']:.5f}  {b[s]['train_loss']:.5f}  "
+              f"{c[s]['train_loss']:.5f} | {a[s]['data_wait']:.0%} {a[s]['gpu_wait']:.0%} "
+              f"{a[s]['img_per_s']:,.0f}")
+for name, x in (("unbroken2", b), ("resumed", c)):
+    d = [abs(x[s]["train_loss"] - a[s]["train_loss"]) for s in a if "train_loss" in a[s]]
+    print(f"max |loss - unbroken| of {name}: {max(d):.5f}, mean {sum(d) / len(d):.5f}")
+EOF
+}
+
+for phase in "$@"; do "$phase"; done
