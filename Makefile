@@ -4,25 +4,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APT_PKGS := pkg-config libturbojpeg0-dev libopencv-dev
+APT_PKGS := pkg-config libturbojpeg0-dev libopencv-dev libjpeg-dev
+# jpeg_window.c (TF-exact window decode), compiled by jpeg_window.py, which holds the command.
+JPEG_SO := build/libjpeg_window.so
 # Numba's on-disk cache: compiled kernels survive between runs of the suite and the demo.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install sysdeps test demo clean
+.PHONY: install sysdeps test demo clean jpeg-bundle
 
-install: $(STAMP)
+install: $(STAMP) $(JPEG_SO)
 
-# ffcv compiles a C extension against libturbojpeg and OpenCV, found through pkg-config.
+# ffcv compiles a C extension against libturbojpeg and OpenCV, found through pkg-config;
+# jpeg_window.c needs the libjpeg(-turbo) API headers (libjpeg.pc).
 sysdeps:
-	@if pkg-config --exists libturbojpeg 2>/dev/null && \
+	@if pkg-config --exists libturbojpeg 2>/dev/null && pkg-config --exists libjpeg 2>/dev/null && \
 	    (pkg-config --exists opencv4 2>/dev/null || pkg-config --exists opencv 2>/dev/null); then \
 	  exit 0; fi; \
 	if ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "ffcv needs pkg-config, libturbojpeg and OpenCV headers, and this is not a Debian/Ubuntu"; \
+	  echo "ffcv and jpeg_window need pkg-config, libturbojpeg, libjpeg and OpenCV headers, and this is not a Debian/Ubuntu"; \
 	  echo "machine: install them with your package manager, or use the conda route (environment.yml)."; \
 	  exit 1; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
-	  echo "ffcv needs system packages. Run this, then 'make install' again:"; \
+	  echo "ffcv and jpeg_window need system packages. Run this, then 'make install' again:"; \
 	  echo "  sudo apt-get update && sudo apt-get install -y $(APT_PKGS)"; \
 	  exit 1; fi; \
 	echo "Installing $(APT_PKGS) with apt-get"; \
@@ -38,6 +41,14 @@ $(STAMP): requirements.txt requirements-dev.txt | sysdeps
 	$(BIN)/python -c "import ffcv, fastargs, numba, torch, torchmetrics; print('installed: torch', torch.__version__, '| numba', numba.__version__)"
 	touch $(STAMP)
 
+$(JPEG_SO): jpeg_window.c | $(STAMP)
+	$(BIN)/python jpeg_window.py --build
+
+# For a machine without libjpeg (a GPU box): copy the libjpeg that the .so links into
+# build/ beside it (found through its rpath $ORIGIN); carrying build/ is then enough.
+jpeg-bundle: $(JPEG_SO)
+	$(BIN)/python jpeg_window.py --bundle
+
 test: install
 	$(BIN)/python -m pytest -q tests
 
@@ -46,4 +57,4 @@ demo: install
 	$(BIN)/python demo.py
 
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache
+	rm -rf $(VENV) .numba_cache .pytest_cache build

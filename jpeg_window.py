@@ -1,0 +1,323 @@
+"""TF-exact JPEG decoding of a crop window, callable from numba (jpeg_window.c via ctypes).
+
+Why this exists. big_vision decodes train images with `tf.image.decode_and_crop_jpeg`:
+libjpeg-turbo (JDCT_IFAST, fancy upsampling) decodes ONLY the inception-crop window
+(`jpeg_crop_scanline` + `jpeg_skip_scanlines`). On colour files with horizontally
+subsampled chroma (4:2:0, 4:2:2: most of ImageNet) the window's first column (x on an MCU
+boundary) and last column (x + w < W) are upsampled as image edges, so decode-then-slice
+differs from it on about half of all crops (../shared/RECIPE.md, train step 0). This file
+makes the same library calls, so it is exact by construction (tests/test_jpeg_window.py
+checks it against ../shared/golden/tf_decode.npz). It is also the speed lever: the rows
+below the window are never decoded, and a crop is a third of an image on average.
+
+Numba (as FFCV calls its `imdecode`): the ctypes functions, with the raw addresses of
+C-contiguous uint8 arrays,
+  decode_window_c(data_ptr, n_bytes, y, x, h, w, out_ptr, out_row_stride) -> int
+  header_c(data_ptr, n_bytes, hw_ptr) -> int      # hw: int32[2] <- (height, width)
+return 0 on success, ERR_DATA / ERR_WINDOW / ERR_ARGS (< 0) on failure. They are
+re-entrant (safe from FFCV's decoder threads). Numba cannot cache (cache=True) a function
+that calls them (the address is a dynamic global), as with FFCV's imdecode. Python:
+decode, decode_window, header (ValueError on failure).
+
+Build. The shared library build/libjpeg_window.so is compiled on first import when it is
+missing or older than jpeg_window.c (`make install` does the same); `--bundle` copies
+the libjpeg it links into build/ (rpath $ORIGIN) so that build/ alone runs on a machine
+without libjpeg. CLI: `python jpeg_window.py --build | --bundle | --bench [FOLDER]`.
+"""
+import argparse
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SOURCE = HERE / "jpeg_window.c"
+BUILD = HERE / "build"
+LIBRARY = BUILD / "libjpeg_window.so"
+ERR_DATA, ERR_WINDOW, ERR_ARGS = -1, -2, -3
+_FIX = ("Install a C compiler and the libjpeg(-turbo) headers: on Debian/Ubuntu "
+        "`sudo apt-get install gcc libjpeg-dev` (or `make sysdeps`); in the conda env "
+        "`conda install -c conda-forge c-compiler libjpeg-turbo`. Then run "
+        "`python jpeg_window.py --build`.")
+
+
+def build_command(output):
+    """The one compiler command (make install and the on-demand build both use it).
+    In a conda env (jpeglib.h under sys.prefix) it compiles and links against that env."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError(f"jpeg_window: no C compiler (cc/gcc, or $CC) to build {LIBRARY}. "
+                           + _FIX)
+    cmd = [*cc.split(), "-O2", "-fPIC", "-shared", "-Wall", "-o", str(output), str(SOURCE),
+           "-Wl,-rpath,$ORIGIN"]  # a bundled libjpeg beside the .so comes first
+    prefix = Path(sys.prefix)
+    if (prefix / "include" / "jpeglib.h").exists():
+        cmd += [f"-I{prefix / 'include'}", f"-L{prefix / 'lib'}",
+                f"-Wl,-rpath,{prefix / 'lib'}"]
+    return cmd + ["-ljpeg"]
+
+
+def build():
+    """Compile LIBRARY now (atomically: a concurrent importer never loads a partial file)."""
+    if not SOURCE.exists():
+        raise RuntimeError(f"jpeg_window: {SOURCE} is missing (it is tracked in git: "
+                           f"`git checkout -- {SOURCE.name}`)")
+    BUILD.mkdir(exist_ok=True)
+    tmp = LIBRARY.with_name(f".{LIBRARY.name}.{os.getpid()}")
+    cmd = build_command(tmp)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise RuntimeError(f"jpeg_window: cannot run the compiler {cmd[0]!r} ({e}). " + _FIX)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        missing = "jpeglib.h" in done.stderr or "-ljpeg" in done.stderr
+        raise RuntimeError(f"jpeg_window: building {LIBRARY} failed"
+                           + (" (libjpeg headers or library not found)" if missing else "")
+                           + f":\n  {' '.join(cmd)}\n{done.stderr.strip()}\n" + _FIX)
+    os.replace(tmp, LIBRARY)
+    return LIBRARY
+
+
+def ensure_built():
+    """LIBRARY, compiled first if it is missing or older than jpeg_window.c."""
+    if not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+        build()
+    return LIBRARY
+
+
+def bundle():
+    """Copy the libjpeg that LIBRARY links into build/ (found by its rpath $ORIGIN there)."""
+    ldd = subprocess.run(["ldd", str(ensure_built())], capture_output=True, text=True).stdout
+    for line in ldd.splitlines():
+        name, _, rest = line.strip().partition(" => ")
+        if name.startswith("libjpeg.so"):
+            path = Path(rest.split(" (")[0])
+            if not path.exists():
+                raise RuntimeError(f"jpeg_window: ldd cannot find {name} for {LIBRARY}")
+            if path.resolve().parent != BUILD.resolve():
+                shutil.copy2(path.resolve(), BUILD / name)
+            return BUILD / name
+    raise RuntimeError(f"jpeg_window: ldd lists no libjpeg.so for {LIBRARY}:\n{ldd}")
+
+
+decode_window_c = header_c = _last_error = None
+
+
+def _bind():
+    """Load LIBRARY (building it if needed) and declare the ctypes signatures."""
+    global decode_window_c, header_c, _last_error
+    lib = ctypes.CDLL(str(ensure_built()))
+    decode_window_c = lib.jpeg_window_decode
+    decode_window_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + 4 * [ctypes.c_int] + [
+        ctypes.c_void_p, ctypes.c_int]
+    decode_window_c.restype = ctypes.c_int
+    header_c = lib.jpeg_window_header
+    header_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    header_c.restype = ctypes.c_int
+    _last_error = lib.jpeg_window_last_error
+    _last_error.restype = ctypes.c_char_p
+
+
+def _bytes(data):
+    arr = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) \
+        else np.ascontiguousarray(data)
+    if arr.dtype != np.uint8 or arr.ndim != 1:
+        raise ValueError(f"jpeg_window: need bytes or a 1-D uint8 array, got {arr.dtype} "
+                         f"{arr.shape}")
+    return arr
+
+
+def _check(code, what):
+    if code == ERR_DATA:
+        raise ValueError(f"jpeg_window: {what}: not a decodable JPEG: "
+                         f"{_last_error().decode(errors='replace')}")
+    if code == ERR_WINDOW:
+        raise ValueError(f"jpeg_window: {what}: window outside the image")
+    if code != 0:
+        raise ValueError(f"jpeg_window: {what}: bad arguments (code {code}; empty data?)")
+
+
+def header(data):
+    """(height, width) from the JPEG header."""
+    arr, hw = _bytes(data), np.zeros(2, np.int32)
+    _check(header_c(arr.ctypes.data, arr.size, hw.ctypes.data), "reading the header")
+    return int(hw[0]), int(hw[1])
+
+
+def decode_window(data, y, x, h, w):
+    """h x w x 3 uint8: tf.image.decode_and_crop_jpeg(data, [y, x, h, w], channels=3)."""
+    arr = _bytes(data)
+    if min(h, w) <= 0:
+        raise ValueError(f"jpeg_window: empty window (y, x, h, w) = {(y, x, h, w)}")
+    out = np.empty((h, w, 3), np.uint8)
+    _check(decode_window_c(arr.ctypes.data, arr.size, y, x, h, w, out.ctypes.data, 3 * w),
+           f"decoding window (y, x, h, w) = {(y, x, h, w)}")
+    return out
+
+
+def decode(data):
+    """H x W x 3 uint8: tf.io.decode_jpeg(data, channels=3)."""
+    h, w = header(data)
+    return decode_window(data, 0, 0, h, w)
+
+
+# ---------------------------------------------------------------------------------------
+# Benchmark: images per CPU-second, the three decoders side by side in one run.
+# ---------------------------------------------------------------------------------------
+def inception_window(rng, height, width):
+    """(y, x, h, w) from the RECIPE's sampler (TF GenerateRandomCrop: uniform height, area
+    in [5%, 100%], aspect in [0.75, 1.33]; float64 here, which is fine for timing)."""
+    area, lo = height * width, 0.05 * height * width
+    for _ in range(100):
+        ar = 0.75 + rng.random() * (1.33 - 0.75)
+        h, hmax = round((lo / ar) ** 0.5), round((area / ar) ** 0.5)
+        if round(hmax * ar) > width:
+            hmax = int((width + 0.5 - 1e-7) / ar)
+            hmax -= round(hmax * ar) > width
+        hmax = min(hmax, height)
+        h = hmax if h >= hmax else h + int(rng.integers(0, hmax - h + 1))
+        w = round(h * ar)
+        if w * h < lo:
+            h += 1
+            w = round(h * ar)
+        if w * h > area:
+            h -= 1
+            w = round(h * ar)
+        if lo <= w * h <= area and 0 < w <= width and 0 < h <= height:
+            y = int(rng.integers(0, height - h)) if h < height else 0
+            x = int(rng.integers(0, width - w)) if w < width else 0
+            return y, x, h, w
+    return 0, 0, height, width
+
+
+def write_photos(folder, n=40, seed=0, texture=1.2, noise=13.0):
+    """n ImageNet-like JPEGs (500x375 or 375x500, quality 90, 4:2:0): crops of
+    scikit-image's bundled colour photographs plus one of its grayscale textures (grass,
+    gravel, brick, times `texture`) and Gaussian noise (sigma `noise`). The defaults give
+    ~105 kB files, like ImageNet's; the smooth photos alone give half that, and the
+    entropy decoding of those bytes is part of what is timed."""
+    import skimage.data
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+    photos = [getattr(skimage.data, n)()[..., :3] for n in names]
+    photos.append(skimage.data.stereo_motorcycle()[0])
+    textures = [getattr(skimage.data, n)().astype(np.float32) for n in ("grass", "gravel",
+                                                                       "brick")]
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        size = (500, 375) if i % 4 else (375, 500)
+        side = rng.uniform(0.6, 1.0) * min(photo.shape[:2])
+        crop_w, crop_h = (side, side * 0.75) if size[0] > size[1] else (side * 0.75, side)
+        y0 = rng.uniform(0, photo.shape[0] - crop_h)
+        x0 = rng.uniform(0, photo.shape[1] - crop_w)
+        img = Image.fromarray(photo).resize(size, Image.BILINEAR,
+                                            box=(x0, y0, x0 + crop_w, y0 + crop_h))
+        tex = textures[i % len(textures)]
+        tex = np.asarray(Image.fromarray(tex - tex.mean()).resize(size, Image.BILINEAR))
+        noisy = (np.asarray(img, np.float32) + texture * tex[..., None]
+                 + rng.normal(0, noise, (size[1], size[0], 3)))
+        Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8)).save(
+            Path(folder) / f"photo_{i:03d}.jpg", quality=90, subsampling=2)
+
+
+def _timers():
+    """njit loops over a batch of images (how the FFCV decoder calls them)."""
+    from ffcv.libffcv import ctypes_imdecode
+    from numba import njit
+    dec = decode_window_c
+
+    @njit(nogil=True)
+    def ffcv_full(datas, sizes, shapes, out):
+        for i in range(len(sizes)):
+            h, w = shapes[i, 0], shapes[i, 1]
+            if ctypes_imdecode(datas[i].ctypes.data, sizes[i], h, w, out.ctypes.data, h, w,
+                               0, 0, 1, 1, False, False) != 0:
+                raise ValueError("ffcv imdecode failed")
+
+    @njit(nogil=True)
+    def ours(datas, sizes, windows, out):
+        for i in range(len(sizes)):
+            y, x, h, w = windows[i, 0], windows[i, 1], windows[i, 2], windows[i, 3]
+            if dec(datas[i].ctypes.data, sizes[i], y, x, h, w, out.ctypes.data, 3 * w) != 0:
+                raise ValueError("jpeg_window_decode failed")
+
+    return ffcv_full, ours
+
+
+def bench(folder, rounds=5, seed=0):
+    """Print images per CPU-second for FFCV full, ours full, ours on inception windows."""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if not files:
+        raise SystemExit(f"jpeg_window --bench: no .jpg/.jpeg files in {folder}")
+    blobs = [np.fromfile(p, np.uint8) for p in files]
+    width = max(len(b) for b in blobs)
+    datas = np.zeros((len(blobs), width), np.uint8)
+    for i, b in enumerate(blobs):
+        datas[i, :len(b)] = b
+    sizes = np.array([len(b) for b in blobs], np.int64)
+    shapes = np.array([header(b) for b in blobs], np.int64)
+    rng = np.random.default_rng(seed)
+    full = np.concatenate([np.zeros_like(shapes), shapes], 1)
+    windows = np.array([inception_window(rng, h, w) for h, w in shapes], np.int64)
+    out = np.empty(int(shapes.prod(1).max()) * 3, np.uint8)
+    ffcv_full, ours = _timers()
+    runs = {"ffcv imdecode, full image": lambda: ffcv_full(datas, sizes, shapes, out),
+            "jpeg_window, full image": lambda: ours(datas, sizes, full, out),
+            "jpeg_window, inception window": lambda: ours(datas, sizes, windows, out)}
+    cpu = dict.fromkeys(runs, 0.0)
+    for run in runs.values():
+        run()  # compile and warm up
+    for _ in range(rounds):  # interleaved, so that machine noise hits all three alike
+        for name, run in runs.items():
+            t = time.process_time()
+            run()
+            cpu[name] += time.process_time() - t
+    area = (windows[:, 2] * windows[:, 3] / shapes.prod(1)).mean()
+    print(f"{len(files)} JPEGs, mean {sizes.mean() / 1e3:.1f} kB, mean "
+          f"{shapes[:, 0].mean():.0f} x {shapes[:, 1].mean():.0f}; windows: RECIPE sampler,"
+          f" mean area {area:.0%}; {rounds} rounds")
+    base = len(files) * rounds / cpu["ffcv imdecode, full image"]
+    for name, seconds in cpu.items():
+        speed = len(files) * rounds / seconds
+        print(f"  {name:32s} {speed:7.1f} images / CPU-s  ({speed / base:.2f}x ffcv)")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--build", action="store_true", help=f"compile {LIBRARY}")
+    group.add_argument("--bundle", action="store_true",
+                       help="also copy the libjpeg it links into build/")
+    group.add_argument("--bench", nargs="?", const="", metavar="FOLDER",
+                       help="time decoders on FOLDER's JPEGs (default: 40 generated photos)")
+    parser.add_argument("--rounds", type=int, default=5, help="passes over the files (5)")
+    args = parser.parse_args(argv)
+    try:
+        if args.build:
+            print(build())
+        elif args.bundle:
+            print(bundle())
+        elif args.bench:
+            _bind()
+            bench(args.bench, args.rounds)
+        else:  # --bench without a folder
+            _bind()
+            with tempfile.TemporaryDirectory() as folder:
+                write_photos(folder)
+                bench(folder, args.rounds)
+    except RuntimeError as e:
+        raise SystemExit(str(e))
+
+
+if __name__ == "__main__":
+    main()
+else:
+    _bind()

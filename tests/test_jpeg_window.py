@@ -1,0 +1,180 @@
+"""jpeg_window must give TensorFlow's pixels exactly: tf.io.decode_jpeg for whole images and
+tf.image.decode_and_crop_jpeg for windows (../shared/golden/tf_decode.npz, README there),
+through the numba path the FFCV decoder uses; and fail cleanly on bad input."""
+import io
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from numba import njit
+from PIL import Image
+
+import jpeg_window as jw
+from conftest import SHARED
+
+GOLDEN_DECODE = SHARED / "golden" / "tf_decode.npz"
+
+
+@pytest.fixture(scope="module")
+def golden():
+    if not GOLDEN_DECODE.exists():
+        pytest.fail(f"golden file {GOLDEN_DECODE} is missing: it ships in ../shared/golden")
+    z = np.load(GOLDEN_DECODE)
+    n = len(json.loads(bytes(z["index_json"]).decode()))
+    assert n == 13 and z["windows"].shape == (n, 3, 4)
+    return z, n
+
+
+def _data(z, i):
+    return z[f"data_{i}"].tobytes()
+
+
+def test_full_decode_equals_tf_decode_jpeg(golden):
+    z, n = golden
+    for i in range(n):
+        ref = z[f"decoded_{i}"]
+        assert jw.header(_data(z, i)) == ref.shape[:2]
+        np.testing.assert_array_equal(jw.decode(_data(z, i)), ref, err_msg=f"file {i}")
+
+
+def test_window_decode_equals_tf_decode_and_crop(golden):
+    z, n = golden
+    for i in range(n):
+        for j in range(3):
+            y, x, h, w = (int(v) for v in z["windows"][i, j])
+            np.testing.assert_array_equal(jw.decode_window(_data(z, i), y, x, h, w),
+                                          z[f"crop_{i}_{j}"], err_msg=f"window {i},{j}")
+
+
+def test_window_is_not_decode_then_slice(golden):
+    """Where TF's crop differs from its full decode sliced, ours differs the same way:
+    we decode the window, not the image."""
+    z, n = golden
+    differ = 0
+    for i in range(n):
+        full = jw.decode(_data(z, i))
+        for j in range(3):
+            y, x, h, w = (int(v) for v in z["windows"][i, j])
+            same = np.array_equal(jw.decode_window(_data(z, i), y, x, h, w),
+                                  full[y:y + h, x:x + w])
+            assert same == bool(z["crop_equals_slice"][i, j]), f"window {i},{j}"
+            differ += not same
+    assert differ == 5
+
+
+@njit(nogil=True)
+def _decode_all(data, size, windows, out):
+    """The FFCV-decoder way: ctypes functions called from nopython code."""
+    hw = np.zeros(2, np.int32)
+    codes = np.zeros(len(windows) + 1, np.int64)
+    codes[0] = jw.header_c(data.ctypes.data, size, hw.ctypes.data)
+    at = 0
+    for k in range(len(windows)):
+        y, x, h, w = windows[k, 0], windows[k, 1], windows[k, 2], windows[k, 3]
+        codes[k + 1] = jw.decode_window_c(data.ctypes.data, size, y, x, h, w,
+                                          out[at:].ctypes.data, 3 * w)
+        at += 3 * h * w
+    return codes, hw
+
+
+def test_numba_path_equals_tf_and_returns_error_codes(golden):
+    z, n = golden
+    for i in range(n):
+        data = z[f"data_{i}"]
+        height, width = z[f"decoded_{i}"].shape[:2]
+        windows = np.concatenate([z["windows"][i].astype(np.int64),
+                                  [[0, 0, height, width], [1, 0, height, width]]])
+        out = np.zeros(int((windows[:, 2] * windows[:, 3]).sum()) * 3, np.uint8)
+        codes, hw = _decode_all(data, data.size, windows, out)
+        assert tuple(hw) == (height, width)
+        assert list(codes) == [0, 0, 0, 0, 0, jw.ERR_WINDOW]
+        at = 0
+        for j, ref in enumerate([z[f"crop_{i}_{j}"] for j in range(3)]
+                                + [z[f"decoded_{i}"]]):
+            np.testing.assert_array_equal(out[at:at + ref.size].reshape(ref.shape), ref)
+            at += ref.size
+    # Half a file: a window in the top rows decodes (it never reads further), one near
+    # the bottom is an error; header and windows checked as above.
+    half = z["data_0"][:z["data_0"].size // 2]
+    codes, _ = _decode_all(half, half.size, np.array([[0, 0, 16, 16], [300, 0, 16, 16]]),
+                           np.zeros(2 * 16 * 16 * 3, np.uint8))
+    assert list(codes) == [0, 0, jw.ERR_DATA]
+
+
+def test_threads_decode_the_same(golden):
+    """FFCV's decoder calls it from several threads at once: the C code must be re-entrant."""
+    from concurrent.futures import ThreadPoolExecutor
+    z, n = golden
+    jobs = [(i, j) for i in range(n) for j in range(3)] * 4
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda ij: jw.decode_window(
+            _data(z, ij[0]), *(int(v) for v in z["windows"][ij])), jobs))
+    for (i, j), out in zip(jobs, outs):
+        np.testing.assert_array_equal(out, z[f"crop_{i}_{j}"])
+
+
+def test_ffcv_imdecode_full_decode_equals_tf(golden):
+    """FFCV's imdecode (TurboJPEG, TJFLAG_FASTDCT) equals TF's full decode, so the eval
+    path (whole images) may keep using it; only windows need jpeg_window."""
+    from ffcv.libffcv import imdecode
+    z, n = golden
+    for i in range(n):
+        ref = z[f"decoded_{i}"]
+        h, w = ref.shape[:2]
+        out = np.zeros_like(ref)
+        assert imdecode(z[f"data_{i}"], out, h, w, h, w, 0, 0, 1, 1, False, False) == 0
+        np.testing.assert_array_equal(out, ref, err_msg=f"file {i}")
+
+
+def test_bad_input_raises_a_clear_error(golden):
+    z, _ = golden
+    data = _data(z, 0)
+    png = io.BytesIO()
+    Image.fromarray(z["decoded_0"]).save(png, "PNG")
+    cases = {b"": "empty data", png.getvalue(): "Not a JPEG file",
+             data[:len(data) // 2]: "Premature end", data[:300]: "Premature end",
+             b"\xff\xd8" + bytes(500): "not a decodable JPEG"}
+    for bad, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            jw.decode(bad)
+    with pytest.raises(ValueError, match="1-D uint8"):
+        jw.decode(np.zeros(10, np.float32))
+
+
+@pytest.mark.parametrize("window", [(0, 0, 376, 500), (-1, 0, 5, 5), (0, 499, 1, 2),
+                                    (375, 0, 1, 1), (0, 0, 0, 5), (0, 0, 5, -1)])
+def test_window_outside_the_image_raises(golden, window):
+    with pytest.raises(ValueError, match="window"):
+        jw.decode_window(_data(golden[0], 0), *window)
+
+
+def test_adobe_cmyk_decodes_to_the_right_colours(photos):
+    """TF converts CMYK itself (r = k * c // 255 with an Adobe marker); a sign error would
+    invert the colours."""
+    rgb = photos["astronaut"][:200, :240]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(buf, "JPEG", quality=95)
+    out = jw.decode(buf.getvalue())
+    assert out.shape == rgb.shape
+    assert np.abs(out.astype(int) - rgb).mean() < 4
+
+
+def test_build_links_rpath_origin_and_bundle_copies_libjpeg(tmp_path, monkeypatch):
+    monkeypatch.setattr(jw, "BUILD", tmp_path)
+    monkeypatch.setattr(jw, "LIBRARY", tmp_path / "libjpeg_window.so")
+    assert jw.ensure_built() == tmp_path / "libjpeg_window.so"
+    dynamic = subprocess.run(["readelf", "-d", str(jw.LIBRARY)], capture_output=True,
+                             text=True, check=True).stdout
+    assert "$ORIGIN" in dynamic and "libjpeg.so" in dynamic
+    bundled = jw.bundle()
+    assert bundled.parent == tmp_path and bundled.name.startswith("libjpeg.so.")
+    assert bundled.stat().st_size > 100_000
+
+
+def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setattr(jw, "BUILD", tmp_path)
+    monkeypatch.setattr(jw, "LIBRARY", tmp_path / "libjpeg_window.so")
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="no-such-cc.*apt-get install gcc libjpeg-dev"):
+        jw.ensure_built()
