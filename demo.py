@@ -52,8 +52,7 @@ def convert_all():
         tmp = DATA / f"digits.tmp-{os.getpid()}"
         write_digits(tmp)
         os.replace(tmp, folder)
-    options = dict(num_workers=2, progress=False, minival_fraction=0.05, write_mode="jpg",
-                   jpeg_quality=95)
+    options = dict(num_workers=2, progress=False, minival_fraction=0.05)  # original bytes
     for split, source in (("train", "train"), ("minival", "train"), ("val", "val")):
         beton = DATA / f"{split}.beton"
         if not beton.exists():

@@ -511,6 +511,13 @@ class Trainer:
                               f"{val_dataset or 'no val set'} has none. Or set data.real=false")
         self.classes, self.num_classes = classes, len(classes)
         self.n_train = self.sidecars["train"][1]["num_images"]
+        for name, (path, meta) in self.sidecars.items():
+            if not meta.get("faithful") and self.is_main:
+                opts = meta.get("settings", {})
+                print(f"warning: {path} is stored write_mode={opts.get('write_mode')}, "
+                      f"max_resolution={opts.get('max_resolution')}: its {name} pixels differ "
+                      f"from the reference's (write_ffcv.py's default, original, is faithful)",
+                      file=sys.stderr)
 
     @param("data.train_dataset")
     @param("data.num_workers")

@@ -13,9 +13,19 @@ eval sets agree.
   python write_ffcv.py --cfg.data_dir=V2 --cfg.write_path=OUT/v2.beton --cfg.split=v2 \\
       --cfg.classes_from=OUT/train.beton
 
-Images are decoded with PIL and converted to RGB (grayscale, CMYK, palette, PNG-as-JPEG),
-EXIF orientation is ignored as in the reference's TF decoder, and hidden or non-image
-files are skipped. Nothing appears at write_path unless the conversion finished.
+Storage (--cfg.write_mode). The default, `original`, is what the reference trains on (TFDS
+imagenet2012): every RGB or grayscale JPEG's own bytes, unchanged, at full resolution, so the
+loader decodes exactly what TF decodes (jpeg_window.py: only the crop window, libjpeg IFAST).
+The rest (CMYK JPEGs, and PNG or other files named .JPEG; TFDS converted those 23 ImageNet
+files to RGB too) are converted to RGB pixels (CMYK with TF's own rule) and stored raw; each
+is listed in the sidecar's `converted`. Every JPEG is fully decoded once while writing, so a
+corrupt file fails here, not in the middle of training.
+`raw`, `jpg` and `proportion` (and `max_resolution`) are speed/size options that change
+the pixels the model sees: raw stores TF-decoded pixels (no decode cost, no cropped-decode
+edge columns), jpg/proportion re-encode them. The sidecar records the storage; train_vit.py
+warns when a set is not stored `original`. EXIF orientation is ignored as in TF's decoder,
+and hidden or non-image files are skipped. Nothing appears at write_path unless the
+conversion finished.
 """
 import _thread
 import argparse
@@ -38,16 +48,17 @@ from PIL import Image
 REAL_MAX = 16          # longest ReaL label set we store ('real' field, padded with -1)
 SPLITS = ('train', 'minival', 'val', 'v2')
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
-# Storage defaults per kind of split (measurements: README "Converting ImageNet"). Train:
-# half the images raw (no decode cost), half re-encoded at JPEG 95 (47 dB from the source),
-# 512 px keeps typical ImageNet images (500x375) at native size. Eval sets are small and
-# read rarely: raw keeps their pixels exactly as decoded from the original files.
+# Storage defaults: the reference's own bytes for every split (see the module docstring);
+# jpeg_quality and compress_probability only matter for the jpg/proportion options.
 DEFAULTS = {
-    'train': dict(max_resolution=512, write_mode='proportion', jpeg_quality=95,
+    'train': dict(max_resolution=None, write_mode='original', jpeg_quality=95,
                   compress_probability=0.5, chunk_size=100),
-    'eval': dict(max_resolution=512, write_mode='raw', jpeg_quality=95,
+    'eval': dict(max_resolution=None, write_mode='original', jpeg_quality=95,
                  compress_probability=0.5, chunk_size=100),
 }
+FAITHFUL = dict(write_mode='original', max_resolution=None)
+JPEG_SOI = b'\xff\xd8'
+CONVERTED_RAW, CONVERTED_JPEG = 1, 2   # ImageSet.converted codes (0: stored as given)
 
 def declare_options():
     """The `cfg` section. Declared on demand, not at import: fastargs' config is global, so
@@ -64,11 +75,13 @@ def declare_options():
         real_labels=Param(str, 'val only: ReaL real.json, stored as field "real"', default=''),
         classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
                            ' gives wnids instead of "0".."999"', default=''),
-        max_resolution=Param(And(int, InRange(16, 65535)), 'longest side stored, larger images'
-                             ' are area-downscaled (default 512)', default=None),
-        write_mode=Param(And(str, OneOf(['raw', 'jpg', 'proportion'])), 'raw pixels, JPEG, or'
-                         ' JPEG with compress_probability (default proportion for train, raw'
-                         ' for minival/val/v2)', default=None),
+        max_resolution=Param(And(int, InRange(16, 65535)), 'raw/jpg/proportion only: longest '
+                             'side stored, larger images area-downscaled (default: no cap)',
+                             default=None),
+        write_mode=Param(And(str, OneOf(['original', 'raw', 'jpg', 'proportion'])),
+                         "original = each JPEG's own bytes (the reference's input; default); "
+                         'raw pixels, JPEG re-encode, or JPEG with compress_probability are '
+                         'speed/size options that change the pixels', default=None),
         jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality (default 95)',
                            default=None),
         compress_probability=Param(And(float, InRange(0, 1)), 'share of JPEG images in'
@@ -100,9 +113,69 @@ def read_sidecar(beton_path):
 
 
 def load_rgb(path):
-    """Decode any image PIL reads (the content decides, not the suffix) to uint8 HxWx3."""
+    """uint8 HxWx3 pixels of any image file (the content decides, not the suffix): JPEGs
+    as TF decodes them (jpeg_window: libjpeg IFAST; grayscale replicated, CMYK by TF's
+    rule), anything else through PIL's RGB conversion."""
+    data = np.fromfile(path, np.uint8)
+    if data[:2].tobytes() == JPEG_SOI:
+        import jpeg_window
+        return jpeg_window.decode(data)
     with Image.open(path) as image:
         return np.asarray(image.convert('RGB'))
+
+
+def load_original(path):
+    """What write_mode=original stores for one file: (bytes, height, width) of an RGB or
+    grayscale JPEG, kept byte for byte after one full decode has proven it sound; the
+    RGB pixels (load_rgb) of anything else (CMYK JPEGs, PNG, ...)."""
+    import jpeg_window
+    data = np.fromfile(path, np.uint8)
+    if data[:2].tobytes() == JPEG_SOI:
+        with Image.open(path) as image:
+            mode = image.mode
+        if mode in ('RGB', 'L'):
+            pixels = jpeg_window.decode(data)   # raises on a corrupt or truncated file
+            return data, pixels.shape[0], pixels.shape[1]
+    return load_rgb(path)
+
+
+def _encode_stored(destination, image, malloc):
+    """RGBImageField.encode for write_mode=original: (jpeg bytes, h, w) -> mode jpg with
+    the bytes unchanged; uint8 HxWx3 pixels -> mode raw."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
+    if isinstance(image, tuple):
+        data, height, width = image
+        destination['mode'] = IMAGE_MODES['jpg']
+    else:
+        data, (height, width) = np.ascontiguousarray(image).reshape(-1), image.shape[:2]
+        destination['mode'] = IMAGE_MODES['raw']
+    destination['height'], destination['width'] = height, width
+    destination['data_ptr'], storage = malloc(data.nbytes)
+    storage[:] = data
+
+
+def image_field(opts):
+    """The 'image' field: ffcv's RGBImageField (so that any ffcv reader reads the file), its
+    encode replaced by _encode_stored for write_mode=original."""
+    from ffcv.fields import RGBImageField
+    if opts['write_mode'] != 'original':
+        return RGBImageField(write_mode=opts['write_mode'], max_resolution=opts['max_resolution'],
+                             jpeg_quality=opts['jpeg_quality'],
+                             compress_probability=opts['compress_probability'])
+    field = RGBImageField(write_mode='raw')
+    field.encode = _encode_stored  # an instance attribute: ffcv keys the type on the class
+    return field
+
+
+def page_size(paths, opts):
+    """ffcv's page size: every stored image must fit in one page. original: the largest
+    file (converted files that would not fit raw are stored as JPEG 95 instead); else the
+    raw size of a max_resolution image (default cap: 8 MiB pages)."""
+    if opts['write_mode'] == 'original':
+        need = max(os.stat(p).st_size for p in paths)
+    else:
+        need = (opts['max_resolution'] or 1024) ** 2 * 3
+    return max(1 << 23, 1 << math.ceil(math.log2(need + 1)))
 
 
 def scan(data_dir, split, classes=None):
@@ -214,11 +287,12 @@ class ImageSet:
     Paths sit in one bytes array, not a list of objects, so that forked workers touching
     them do not copy the parent's pages through reference counting."""
 
-    def __init__(self, paths, labels, reals, seed, skip_bad):
+    def __init__(self, paths, labels, reals, seed, skip_bad, original=False, page=1 << 23):
         self.paths = np.array([os.fsencode(p) for p in paths])
         self.labels, self.reals = labels, reals
-        self.seed, self.skip_bad = seed, skip_bad
+        self.seed, self.skip_bad, self.original, self.page = seed, skip_bad, original, page
         self.bad = mp.RawArray('b', len(paths))
+        self.converted = mp.RawArray('b', len(paths))
         self.abort = mp.RawValue('b', 0)
 
     def __len__(self):
@@ -229,7 +303,16 @@ class ImageSet:
         image = np.zeros((1, 1, 3), np.uint8)
         if not self.abort.value:
             try:
-                image = load_rgb(os.fsdecode(self.paths[i]))
+                path = os.fsdecode(self.paths[i])
+                image = load_original(path) if self.original else load_rgb(path)
+                if self.original and not isinstance(image, tuple):
+                    self.converted[i] = CONVERTED_RAW
+                    if image.nbytes > self.page:  # too big for a page raw: as TFDS did
+                        import cv2
+                        data = cv2.imencode('.jpg', image[..., ::-1],
+                                            [cv2.IMWRITE_JPEG_QUALITY, 95])[1].reshape(-1)
+                        image = (data, image.shape[0], image.shape[1])
+                        self.converted[i] = CONVERTED_JPEG
             except Exception:
                 self.bad[i] = 1
                 self.abort.value = int(not self.skip_bad)
@@ -251,8 +334,7 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     """Run ffcv's DatasetWriter; returns the indices of undecodable images."""
     import ffcv.writer  # imported here: ffcv compiles numba code at import (~6 s)
     from tqdm import tqdm
-    page = max(1 << 23, 1 << math.ceil(math.log2(fields['image'].max_resolution ** 2 * 3 + 1)))
-    writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=page,
+    writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=images.page,
                                        num_workers=num_workers)
     done, crashed, WriterProcess.started = threading.Event(), [], []
 
@@ -300,6 +382,10 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
                  compress_probability=compress_probability, chunk_size=chunk_size)
     opts = {k: v if v is not None else DEFAULTS['train' if split == 'train' else 'eval'][k]
             for k, v in given.items()}
+    if opts['write_mode'] == 'original' and opts['max_resolution'] is not None:
+        raise ConversionError(f'max_resolution={max_resolution}: write_mode=original stores '
+                              f'the files unchanged; a resolution cap needs write_mode raw, '
+                              f'jpg or proportion.')
     out = Path(write_path)
     if out.exists() and not overwrite:
         raise ConversionError(f'{out} exists. Pass --cfg.overwrite=1 (overwrite=True) to '
@@ -310,12 +396,9 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     if split in ('train', 'minival'):
         keep = minival_mask(paths, labels, minival_fraction, seed) == (split == 'minival')
         paths, labels = [p for p, k in zip(paths, keep) if k], labels[keep]
-    from ffcv.fields import IntField, NDArrayField, RGBImageField  # slow import, see above
-    fields = {'image': RGBImageField(write_mode=opts['write_mode'],
-                                     max_resolution=opts['max_resolution'],
-                                     jpeg_quality=opts['jpeg_quality'],
-                                     compress_probability=opts['compress_probability']),
-              'label': IntField()}
+    from ffcv.fields import IntField, NDArrayField  # slow import, see above
+    import jpeg_window  # noqa: F401  (built here once, not in every writer process)
+    fields = {'image': image_field(opts), 'label': IntField()}
     if reals is not None:
         fields['real'] = NDArrayField(dtype=np.dtype('int16'), shape=(REAL_MAX,))
     workers = num_workers or len(os.sched_getaffinity(0))
@@ -324,7 +407,8 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     start, skipped = time.time(), []
     try:
         while True:  # a second pass only when skip_bad found undecodable files
-            images = ImageSet(paths, labels, reals, seed, skip_bad)
+            images = ImageSet(paths, labels, reals, seed, skip_bad,
+                              opts['write_mode'] == 'original', page_size(paths, opts))
             bad = write_beton(tmp, images, fields, workers, opts['chunk_size'], progress)
             if len(bad) == 0:
                 break
@@ -348,8 +432,12 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
             reals = None if reals is None else reals[keep]
             if not paths:
                 raise ConversionError(f'{data_dir}: no decodable images left.')
+        converted = np.frombuffer(images.converted, np.int8)
         meta = {'classes': classes, 'split': split, 'num_images': len(paths),
                 'has_real': reals is not None, 'skipped': skipped,
+                'faithful': all(opts[k] == v for k, v in FAITHFUL.items()),
+                'converted': {str(paths[i]): 'raw' if converted[i] == CONVERTED_RAW else 'jpg95'
+                              for i in np.flatnonzero(converted)},
                 'settings': dict(opts, data_dir=str(data_dir), real_labels=str(real_labels),
                                  classes_from=str(classes_from), seed=seed,
                                  minival_fraction=minival_fraction)}

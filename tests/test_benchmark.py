@@ -98,7 +98,8 @@ def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
 def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):
     import write_ffcv
     beton = tmp_path / "train.beton"
-    write_ffcv.convert(photo_folder, beton, "val", max_resolution=96, progress=False)
+    write_ffcv.convert(photo_folder, beton, "val", write_mode="raw", max_resolution=96,
+                       progress=False)
     benchmark.main(["full", "--config-file", str(ROOT / "configs" / "vit_s16_90ep.yaml"),
                     "--steps", "6", "--log-every", "2", "--folder", str(tmp_path / "run"),
                     f"--data.train_dataset={beton}", "--model.variant=mu/16",

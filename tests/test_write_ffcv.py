@@ -1,7 +1,8 @@
 """write_ffcv.py end to end: ImageFolder trees built from real photographs plus ImageNet's
 quirks (grayscale, CMYK, PNG named .JPEG, a 4096x3072 image, .DS_Store, a text file),
-converted with ffcv's real writer and read back with its Loader (real JPEG decoding).
-Images are 48x64 and the trees tiny so the whole file runs in well under a minute."""
+converted with ffcv's real writer and read back from the file or with its Loader. The
+default storage keeps each JPEG's bytes; the raw/jpg/proportion options are tested with a
+48x64 resolution cap. The trees are tiny so the whole file runs in well under a minute."""
 import hashlib
 import json
 import subprocess
@@ -13,13 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import jpeg_window
 import write_ffcv
 from write_ffcv import REAL_MAX, ConversionError, convert, minival_mask, read_sidecar
 
 ROOT = Path(__file__).resolve().parents[1]
 H, W = 48, 64                     # every test image, so SimpleRGBImageDecoder can batch them
 WNIDS = ['n01440764', 'n01443537', 'n01484850', 'n01491361']
-OPTS = dict(max_resolution=W, progress=False, num_workers=2)
+OPTS = dict(progress=False, num_workers=2)          # the default storage: original bytes
+CAPPED = dict(OPTS, max_resolution=W)               # for the raw/jpg/proportion options
 
 
 def crop(photos, k):
@@ -36,7 +39,11 @@ def crop(photos, k):
 
 
 def decoded(path):
-    """What the converter must store for a source file (before any resize)."""
+    """The pixels of a source file as the reference decodes it: TF's JPEG decode (libjpeg
+    IFAST, tests/test_jpeg_window.py), PIL's RGB conversion for anything else."""
+    data = Path(path).read_bytes()
+    if data[:2] == b'\xff\xd8':
+        return jpeg_window.decode(data)
     return np.asarray(Image.open(path).convert('RGB'))
 
 
@@ -50,6 +57,26 @@ def metadata(beton, field):
     reader = Reader(str(beton))
     assert reader.field_names[:2] == ['image', 'label']
     return reader.metadata[f'f{reader.field_names.index(field)}']
+
+
+def stored(beton):
+    """(labels, modes, payloads) straight from the file: a JPEG's bytes (mode 0) or the raw
+    HxWx3 pixels (mode 1) of each sample, in file order."""
+    image, data = metadata(beton, 'image'), np.fromfile(beton, np.uint8)
+    sizes = {int(r['ptr']): int(r['size']) for r in _alloc(beton)}
+    out = []
+    for m in image:
+        start, h, w = int(m['data_ptr']), int(m['height']), int(m['width'])
+        if m['mode'] == 1:
+            out.append(data[start:start + h * w * 3].reshape(h, w, 3))
+        else:
+            out.append(data[start:start + sizes[start]])
+    return metadata(beton, 'label').astype(int), image['mode'], out
+
+
+def _alloc(beton):
+    from ffcv.reader import Reader
+    return Reader(str(beton)).alloc_table
 
 
 def stored_raw(beton):
@@ -127,15 +154,16 @@ def data(photos, tmp_path_factory):
 def betons(data, tmp_path_factory):
     root, _, _ = data
     out = tmp_path_factory.mktemp('betons')
+    convert(root / 'train', out / 'original.beton', 'train', chunk_size=4, **OPTS)
     convert(root / 'train', out / 'train.beton', 'train', write_mode='proportion',
-            compress_probability=0.5, jpeg_quality=95, chunk_size=4, **OPTS)
+            compress_probability=0.5, jpeg_quality=95, chunk_size=4, **CAPPED)
     convert(root / 'train', out / 'train_1w.beton', 'train', write_mode='proportion',
-            compress_probability=0.5, jpeg_quality=95, **dict(OPTS, num_workers=1))
-    convert(root / 'train', out / 'minival.beton', 'minival', **OPTS)
-    convert(root / 'train', out / 'minival_1w.beton', 'minival',
-            **dict(OPTS, num_workers=1, chunk_size=1))
+            compress_probability=0.5, jpeg_quality=95, **dict(CAPPED, num_workers=1))
+    convert(root / 'train', out / 'minival.beton', 'minival', write_mode='raw', **CAPPED)
+    convert(root / 'train', out / 'minival_1w.beton', 'minival', write_mode='raw',
+            **dict(CAPPED, num_workers=1, chunk_size=1))
     convert(root / 'val', out / 'val.beton', 'val', real_labels=root / 'real.json',
-            write_mode='jpg', jpeg_quality=90, **OPTS)
+            write_mode='jpg', jpeg_quality=90, **CAPPED)
     convert(root / 'v2', out / 'v2.beton', 'v2', classes_from=out / 'train.beton', **OPTS)
     return out
 
@@ -148,10 +176,45 @@ def test_sidecars(betons):
         assert meta['classes'] == WNIDS, split       # v2 copied them from train
         assert (meta['split'], meta['num_images'], meta['has_real']) == (split, n, has_real)
         assert Reader(str(betons / f'{split}.beton')).num_samples == n
-        assert meta['skipped'] == [] and meta['settings']['max_resolution'] == W
+        assert meta['skipped'] == []
     assert read_sidecar(betons / 'val.beton.json')['settings']['write_mode'] == 'jpg'
     assert read_sidecar(betons / 'minival.beton')['settings']['write_mode'] == 'raw'
+    for name, faithful in (('original', True), ('v2', True), ('train', False), ('val', False)):
+        meta = read_sidecar(betons / f'{name}.beton')
+        assert meta['faithful'] is faithful, name
+        assert (meta['settings']['max_resolution'] is None) is faithful, name
     assert not list(betons.glob('*tmp*'))
+
+
+def test_original_storage_keeps_each_jpeg_byte_for_byte(data, betons):
+    """The default: RGB and grayscale JPEGs (the 4096x3072 one too: no resolution cap)
+    stored as their own bytes; the CMYK JPEG and the PNG converted to RGB pixels (TF's
+    decode rules) and listed in the sidecar."""
+    root, expected, _ = data
+    sources = sorted((root / 'train').glob('*/*.JPEG'))
+    files = {Path(p).read_bytes(): p for p in sources}
+    labels, modes, payloads = stored(betons / 'original.beton')
+    assert len(payloads) == 24 and labels.tolist() == sorted(labels.tolist())
+    converted = read_sidecar(betons / 'original.beton')['converted']
+    shapes = metadata(betons / 'original.beton', 'image')[['height', 'width']].tolist()
+    seen = set()
+    for mode, payload, shape in zip(modes, payloads, shapes):
+        if mode == 0:
+            path = files[payload.tobytes()]          # KeyError: not a file's exact bytes
+            assert path.name not in ('cmyk.JPEG', 'png.JPEG')
+            assert shape == decoded(path).shape[:2]   # the 4096x3072 one at full size
+        else:
+            path = next(p for p in sources if np.array_equal(decoded(p), payload))
+            assert converted[str(path)] == 'raw'
+        seen.add(path)
+    held = {p for p in sources if p not in seen}       # the minival images
+    assert len(held) == 4 and all(str(p) not in converted for p in held)
+    assert {Path(p).name for p in converted} == {'cmyk.JPEG', 'png.JPEG'} - {p.name for p in held}
+
+
+def test_original_storage_rejects_a_resolution_cap(photos, tmp_path):
+    with pytest.raises(ConversionError, match='write_mode=original stores the files unchanged'):
+        convert(small_tree(photos, tmp_path / 'in'), tmp_path / 'x.beton', 'val', **CAPPED)
 
 
 @pytest.fixture(scope='module')
@@ -254,7 +317,7 @@ def test_v2_without_class_list_sorts_numerically(photos, tmp_path):
         Image.fromarray(crop(photos, int(c))).save(tmp_path / 'v2' / c / 'a.jpeg')
     meta = convert(tmp_path / 'v2', tmp_path / 'v2.beton', 'v2', **OPTS)
     assert meta['classes'] == [str(i) for i in range(11)]
-    assert np.array_equal(stored_raw(tmp_path / 'v2.beton')[0], [0, 2, 10])
+    assert np.array_equal(stored(tmp_path / 'v2.beton')[0], [0, 2, 10])
 
 
 def small_tree(photos, root, per_class=2):
@@ -279,13 +342,13 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
     assert meta['num_images'] == 4 and sorted(Path(p).name for p in meta['skipped']) == [
         'garbage.JPEG', 'truncated.JPEG']
     assert read_sidecar(out)['skipped'] == meta['skipped']
-    assert np.array_equal(stored_raw(out)[0], [0, 0, 1, 1])
+    assert np.array_equal(stored(out)[0], [0, 0, 1, 1])
     assert sorted(p.name for p in out.parent.iterdir()) == ['val.beton', 'val.beton.json']
 
 
 def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch):
-    # a 2-D image makes ffcv's RGBImageField.encode raise inside a forked writer process
-    monkeypatch.setattr(write_ffcv, 'load_rgb', lambda path: np.zeros((4, 4), np.uint8))
+    # a non-image makes the field's encode raise inside a forked writer process
+    monkeypatch.setattr(write_ffcv, 'load_original', lambda path: 'not an image')
     out = tmp_path / 'out' / 'val.beton'
     with pytest.raises(ConversionError, match='writer process died'):
         convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
@@ -374,7 +437,8 @@ def test_cli_converts_and_reports(data, betons, tmp_path):
     root, _, _ = data
     out = tmp_path / 'minival.beton'
     result = run_cli(f'--cfg.data_dir={root / "train"}', f'--cfg.write_path={out}',
-                     '--cfg.split=minival', f'--cfg.max_resolution={W}', '--cfg.num_workers=1')
+                     '--cfg.split=minival', f'--cfg.max_resolution={W}', '--cfg.write_mode=raw',
+                     '--cfg.num_workers=1')
     assert result.returncode == 0, result.stderr
     assert 'minival: wrote 4 images' in result.stdout and 'img/s' in result.stderr
     assert 'ignored 2 non-image files' in result.stdout        # .DS_Store and notes.txt
