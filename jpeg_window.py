@@ -197,37 +197,6 @@ def inception_window(rng, height, width):
     return 0, 0, height, width
 
 
-def write_photos(folder, n=40, seed=0, texture=1.2, noise=13.0):
-    """n ImageNet-like JPEGs (500x375 or 375x500, quality 90, 4:2:0): crops of
-    scikit-image's bundled colour photographs plus one of its grayscale textures (grass,
-    gravel, brick, times `texture`) and Gaussian noise (sigma `noise`). The defaults give
-    ~105 kB files, like ImageNet's; the smooth photos alone give half that, and the
-    entropy decoding of those bytes is part of what is timed."""
-    import skimage.data
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
-    photos = [getattr(skimage.data, n)()[..., :3] for n in names]
-    photos.append(skimage.data.stereo_motorcycle()[0])
-    textures = [getattr(skimage.data, n)().astype(np.float32) for n in ("grass", "gravel",
-                                                                       "brick")]
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        size = (500, 375) if i % 4 else (375, 500)
-        side = rng.uniform(0.6, 1.0) * min(photo.shape[:2])
-        crop_w, crop_h = (side, side * 0.75) if size[0] > size[1] else (side * 0.75, side)
-        y0 = rng.uniform(0, photo.shape[0] - crop_h)
-        x0 = rng.uniform(0, photo.shape[1] - crop_w)
-        img = Image.fromarray(photo).resize(size, Image.BILINEAR,
-                                            box=(x0, y0, x0 + crop_w, y0 + crop_h))
-        tex = textures[i % len(textures)]
-        tex = np.asarray(Image.fromarray(tex - tex.mean()).resize(size, Image.BILINEAR))
-        noisy = (np.asarray(img, np.float32) + texture * tex[..., None]
-                 + rng.normal(0, noise, (size[1], size[0], 3)))
-        Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8)).save(
-            Path(folder) / f"photo_{i:03d}.jpg", quality=90, subsampling=2)
-
-
 def _timers():
     """njit loops over a batch of images (how the FFCV decoder calls them)."""
     from ffcv.libffcv import ctypes_imdecode
@@ -254,7 +223,7 @@ def _timers():
 
 def bench(folder, rounds=5, seed=0):
     """Print images per CPU-second for FFCV full, ours full, ours on inception windows."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
         raise SystemExit(f"jpeg_window --bench: no .jpg/.jpeg files in {folder}")
     blobs = [np.fromfile(p, np.uint8) for p in files]
@@ -310,8 +279,9 @@ def main(argv=None):
             bench(args.bench, args.rounds)
         else:  # --bench without a folder
             _bind()
+            from benchmark import make_photo_folder  # the repo's one photo maker
             with tempfile.TemporaryDirectory() as folder:
-                write_photos(folder)
+                make_photo_folder(folder, n=40)
                 bench(folder, args.rounds)
     except RuntimeError as e:
         raise SystemExit(str(e))
