@@ -762,7 +762,7 @@ class Trainer:
 
     def _sigterm_agreed(self):
         """All ranks stop at the same step boundary if any of them got SIGTERM."""
-        if not self.distributed:
+        if self.world_size == 1:
             return self.sigterm
         flag = torch.tensor([int(self.sigterm)])
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
