@@ -34,6 +34,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -281,19 +282,18 @@ class ImageSet:
     """The indexable dataset ffcv's writer reads in its worker processes.
 
     It never raises: ffcv's writer waits forever for a worker that died. A file that cannot
-    be decoded becomes a 1x1 placeholder and is flagged in shared memory; unless skip_bad,
-    the first failure also makes every later item a placeholder so the run ends quickly.
+    be decoded becomes a 1x1 placeholder and is flagged in shared memory, and the pass goes
+    on, so that one run names every bad file.
     Seeding numpy per item makes ffcv's proportion-mode coin a function of (seed, index).
     Paths sit in one bytes array, not a list of objects, so that forked workers touching
     them do not copy the parent's pages through reference counting."""
 
-    def __init__(self, paths, labels, reals, seed, skip_bad, original=False, page=1 << 23):
+    def __init__(self, paths, labels, reals, seed, original=False, page=1 << 23):
         self.paths = np.array([os.fsencode(p) for p in paths])
         self.labels, self.reals = labels, reals
-        self.seed, self.skip_bad, self.original, self.page = seed, skip_bad, original, page
+        self.seed, self.original, self.page = seed, original, page
         self.bad = mp.RawArray('b', len(paths))
         self.converted = mp.RawArray('b', len(paths))
-        self.abort = mp.RawValue('b', 0)
 
     def __len__(self):
         return len(self.paths)
@@ -301,21 +301,19 @@ class ImageSet:
     def __getitem__(self, i):
         np.random.seed([self.seed, i])
         image = np.zeros((1, 1, 3), np.uint8)
-        if not self.abort.value:
-            try:
-                path = os.fsdecode(self.paths[i])
-                image = load_original(path) if self.original else load_rgb(path)
-                if self.original and not isinstance(image, tuple):
-                    self.converted[i] = CONVERTED_RAW
-                    if image.nbytes > self.page:  # too big for a page raw: as TFDS did
-                        import cv2
-                        data = cv2.imencode('.jpg', image[..., ::-1],
-                                            [cv2.IMWRITE_JPEG_QUALITY, 95])[1].reshape(-1)
-                        image = (data, image.shape[0], image.shape[1])
-                        self.converted[i] = CONVERTED_JPEG
-            except Exception:
-                self.bad[i] = 1
-                self.abort.value = int(not self.skip_bad)
+        try:
+            path = os.fsdecode(self.paths[i])
+            image = load_original(path) if self.original else load_rgb(path)
+            if self.original and not isinstance(image, tuple):
+                self.converted[i] = CONVERTED_RAW
+                if image.nbytes > self.page:  # too big for a page raw: as TFDS did
+                    import cv2
+                    data = cv2.imencode('.jpg', image[..., ::-1],
+                                        [cv2.IMWRITE_JPEG_QUALITY, 95])[1].reshape(-1)
+                    image = (data, image.shape[0], image.shape[1])
+                    self.converted[i] = CONVERTED_JPEG
+        except Exception:
+            self.bad[i] = 1
         sample = (image, self.labels[i])
         return sample if self.reals is None else sample + (self.reals[i],)
 
@@ -325,9 +323,84 @@ class WriterProcess(mp.Process):
     disk, a crash in encode), so write_beton's watchdog interrupts the wait instead."""
     started = []
 
+    forking = sigterm_pending = False
+    writers = []   # the DatasetWriter in use (for _on_sigterm)
+
     def start(self):
         WriterProcess.started.append(self)
-        super().start()
+        WriterProcess.forking = True   # a SIGTERM now waits: this child has no pid yet
+        try:
+            super().start()
+        finally:
+            WriterProcess.forking = False
+        if WriterProcess.sigterm_pending:
+            _on_sigterm(WriterProcess.sigterm_pending, None)
+
+    def run(self):
+        # a SIGTERM to the whole process group: the parent cleans up and stops the workers
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        super().run()
+
+
+MAX_LISTED = 50   # undecodable files named in one error message
+_WRITING = []     # the temporary files of the conversion in progress (for _on_sigterm)
+
+
+def _quietly(fn, *args):
+    try:
+        fn(*args)
+    except OSError:  # the process has already ended (or was reaped)
+        pass
+
+
+def _on_sigterm(signum, frame):
+    """SIGTERM or Ctrl-C: stop the writer processes, remove the temporary files, exit
+    128 + signum. Done here rather than by raising: an exception raised from a signal
+    handler can land in a finaliser, where Python ignores it, and the run would go on.
+    During a fork it waits for the child's pid (WriterProcess.start calls it again)."""
+    if WriterProcess.forking:
+        WriterProcess.sigterm_pending = signum
+        return
+    try:
+        children = [p.pid for p in WriterProcess.started]
+        for pid in children:
+            _quietly(os.kill, pid, signal.SIGKILL)
+        for pid in children:
+            _quietly(os.waitpid, pid, 0)
+        for path in _WRITING:
+            Path(path).unlink(missing_ok=True)
+        for writer in WriterProcess.writers:  # its shared memory, or Python warns of a leak
+            if hasattr(writer, 'metadata_sm'):
+                _quietly(writer.metadata_sm.unlink)
+        print(f'write_ffcv.py: {signal.Signals(signum).name}; removed {", ".join(map(str, _WRITING)) or "nothing"}'
+              f' (nothing was written)', file=sys.stderr, flush=True)
+    finally:
+        os._exit(128 + signum)
+
+
+def _why_bad(path, write_mode):
+    """'path: why' for a file a writer process could not store."""
+    try:
+        load_original(path) if write_mode == 'original' else load_rgb(path)
+        return f'{path}: failed in the writer process'
+    except Exception as err:
+        return f'{path}: {type(err).__name__}: {err}'
+
+
+def _claim_output(out):
+    """The temporary name this process writes `out` to. Temporaries of `out` left by a
+    killed run (write_ffcv.py was SIGKILLed, or the machine went down) are removed, and
+    said so; one of a process that is still running is an error."""
+    for stale in out.parent.glob(f'{out.name}.tmp-*'):
+        pid = stale.name.rsplit('.tmp-', 1)[1].split('.')[0]
+        if pid.isdigit() and int(pid) != os.getpid() and Path(f'/proc/{pid}').exists():
+            raise ConversionError(f'{stale}: another write_ffcv.py (pid {pid}) is writing '
+                                  f'{out} now. Wait for it or stop it first.')
+        print(f'removing {stale} ({stale.stat().st_size / 1e6:.1f} MB), left by an '
+              f'interrupted conversion', file=sys.stderr)
+        stale.unlink(missing_ok=True)
+    return out.with_name(f'{out.name}.tmp-{os.getpid()}')
 
 
 def write_beton(path, images, fields, num_workers, chunk_size, progress):
@@ -336,6 +409,7 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     from tqdm import tqdm
     writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=images.page,
                                        num_workers=num_workers)
+    WriterProcess.writers[:] = [writer]
     done, crashed, WriterProcess.started = threading.Event(), [], []
 
     def watchdog():
@@ -403,28 +477,25 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
         fields['real'] = NDArrayField(dtype=np.dtype('int16'), shape=(REAL_MAX,))
     workers = num_workers or len(os.sched_getaffinity(0))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'{out.name}.tmp-{os.getpid()}')
+    tmp = _claim_output(out)
+    _WRITING[:] = [tmp, Path(f'{tmp}.json')]
     start, skipped = time.time(), []
     try:
         while True:  # a second pass only when skip_bad found undecodable files
-            images = ImageSet(paths, labels, reals, seed, skip_bad,
-                              opts['write_mode'] == 'original', page_size(paths, opts))
+            images = ImageSet(paths, labels, reals, seed, opts['write_mode'] == 'original',
+                              page_size(paths, opts))
             bad = write_beton(tmp, images, fields, workers, opts['chunk_size'], progress)
             if len(bad) == 0:
                 break
-            reasons = []
-            for i in bad[:5]:
-                try:
-                    load_rgb(paths[i])
-                    reasons.append(f'{paths[i]}: failed in the writer process')
-                except Exception as err:
-                    reasons.append(f'{paths[i]}: {type(err).__name__}: {err}')
+            reasons = [_why_bad(paths[i], opts['write_mode']) for i in bad[:MAX_LISTED]]
+            listing = '\n  '.join(reasons) + (f'\n  ... and {len(bad) - MAX_LISTED} more'
+                                               if len(bad) > MAX_LISTED else '')
             if not skip_bad or skipped:
                 raise ConversionError(
-                    'cannot decode ' + '; '.join(reasons) + ('; ...' if len(bad) > 5 else '')
-                    + '. Replace or delete the file(s), or pass --cfg.skip_bad=1 to skip them.')
-            print(f'skipping {len(bad)} undecodable file(s), writing again without them: '
-                  + '; '.join(reasons), file=sys.stderr)
+                    f'cannot decode {len(bad)} file(s):\n  {listing}\nReplace or delete them, '
+                    f'or pass --cfg.skip_bad=1 to skip them.')
+            print(f'skipping {len(bad)} undecodable file(s), writing again without them:\n  '
+                  + listing, file=sys.stderr)
             skipped = [str(paths[i]) for i in bad]
             keep = np.ones(len(paths), bool)
             keep[bad] = False
@@ -448,6 +519,7 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     finally:
         for leftover in (tmp, Path(f'{tmp}.json')):
             leftover.unlink(missing_ok=True)
+        _WRITING.clear()
     secs = time.time() - start
     print(f'{split}: wrote {len(paths)} images to {out} ({out.stat().st_size / 1e6:.1f} MB) in '
           f'{secs:.1f} s ({len(paths) / secs:.0f} img/s); skipped {len(skipped)} undecodable, '
@@ -471,6 +543,8 @@ def main():
         sys.exit(2)
     config.summary()
     options = {path[-1]: config[path] for path in config.entries if path[0] == 'cfg'}
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigterm)
     try:
         convert(**options)
     except ConversionError as err:

@@ -5,6 +5,7 @@ default storage keeps each JPEG's bytes; the raw/jpg/proportion options are test
 48x64 resolution cap. The trees are tiny so the whole file runs in well under a minute."""
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -334,9 +335,12 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
     good = tree / WNIDS[1] / '10.JPEG'
     (tree / WNIDS[1] / 'truncated.JPEG').write_bytes(good.read_bytes()[:300])
     out = tmp_path / 'out' / 'val.beton'
-    with pytest.raises(ConversionError, match=r'garbage\.JPEG.*skip_bad=1') as err:
+    with pytest.raises(ConversionError, match=r'cannot decode 2 file') as err:
         convert(tree, out, 'val', **OPTS)
-    assert 'truncated' not in str(err.value)   # fails fast: later images are not decoded
+    # one pass names every bad file, each with libjpeg's or PIL's reason
+    assert 'garbage.JPEG' in str(err.value) and 'truncated.JPEG' in str(err.value)
+    assert 'skip_bad=1' in str(err.value)
+    assert re.search(r'truncated\.JPEG: \w+Error: \w', str(err.value))
     assert not list(out.parent.iterdir())                 # nothing left, not even temp files
     meta = convert(tree, out, 'val', skip_bad=True, **OPTS)
     assert meta['num_images'] == 4 and sorted(Path(p).name for p in meta['skipped']) == [
@@ -449,3 +453,35 @@ def test_cli_converts_and_reports(data, betons, tmp_path):
     assert result.returncode != 0 and '/nonexistent: no such directory' in result.stderr
     result = run_cli('--cfg.data_dir=x', '--cfg.write_path=y', '--cfg.split=test')
     assert result.returncode == 2 and '--cfg.split' in result.stderr
+
+
+def test_sigterm_leaves_no_temporary_and_stale_ones_are_cleaned(photos, tmp_path):
+    """A real write_ffcv.py process killed by SIGTERM mid-write removes its temporary
+    file; a temporary left by a SIGKILLed run is removed (and said so) by the next run; one
+    of a running process is an error."""
+    import os
+    import signal
+    import time
+    tree = small_tree(photos, tmp_path / 'in', per_class=300)
+    out = tmp_path / 'out' / 'val.beton'
+    out.parent.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / 'write_ffcv.py'), f'--cfg.data_dir={tree}',
+                             f'--cfg.write_path={out}', '--cfg.split=val', '--cfg.num_workers=2'],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.parent.glob('val.beton.tmp-*')) and time.time() < deadline:
+        time.sleep(0.05)
+    assert list(out.parent.glob('val.beton.tmp-*')), 'the writer never started'
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and 'SIGTERM; removed' in stderr, stderr
+    assert 'nothing was written' in stderr and not list(out.parent.iterdir())
+    (out.parent / 'val.beton.tmp-999999999').write_bytes(b'x' * 1000)   # a dead pid's
+    (out.parent / 'val.beton.tmp-999999999.json').write_text('{}')
+    result = run_cli(f'--cfg.data_dir={small_tree(photos, tmp_path / "small")}',
+                     f'--cfg.write_path={out}', '--cfg.split=val', '--cfg.num_workers=1')
+    assert result.returncode == 0 and 'left by an interrupted conversion' in result.stderr
+    assert sorted(p.name for p in out.parent.iterdir()) == ['val.beton', 'val.beton.json']
+    (out.parent / f'val.beton.tmp-{os.getppid()}').write_bytes(b'x')    # a live process's
+    with pytest.raises(ConversionError, match=f'pid {os.getppid()}'):
+        write_ffcv._claim_output(out)
