@@ -30,7 +30,8 @@ Guarantees:
   complete (once the second was).
 - Resuming checks the file before anything is trained: readable (an empty or cut-short file
   is named, with the previous checkpoint to go back to), written for the same model (the
-  differing model.* setting is named), tensors of the right shapes and finite.
+  differing model.* setting is named), tensors of the right shapes and finite; and, on the
+  first batch, before the first update, the model's outputs (train_vit.py calls nonfinite).
 """
 import os
 import random
@@ -156,8 +157,9 @@ def where_to_resume(folder, lr, precision):
     return text
 
 
-def _go_back(current, previous):
-    """What to do when `current` cannot be resumed."""
+def go_back(folder):
+    """What to do when folder/checkpoint.pt cannot be resumed."""
+    current, previous = Path(folder) / CURRENT, Path(folder) / PREVIOUS
     prev_step = step_of(previous)
     if prev_step is None:
         return (f"There is no usable {previous.name} to go back to: move {current} away to "
@@ -185,7 +187,7 @@ def resume(folder, model, optimizer, config, world_size, device):
         raise CheckpointError(
             f"{current} is not a readable checkpoint ({current.stat().st_size:,} bytes; "
             f"{type(e).__name__}: {str(e)[:120]}): empty or cut short (a full disk, a partial "
-            f"copy). {_go_back(current, previous)}") from None
+            f"copy). {go_back(folder)}") from None
     differ = {k: (v, config.get(k)) for k, v in ckpt["config"].items()
               if k.startswith("model.") and config.get(k) != v}
     if differ:
@@ -208,7 +210,7 @@ def resume(folder, model, optimizer, config, world_size, device):
             for k, v in s.items() if torch.is_tensor(v) and not v.float().isfinite().all()]
     if bad:
         raise CheckpointError(f"{current} holds non-finite values ({', '.join(bad[:3])}): it "
-                              f"cannot be resumed. {_go_back(current, previous)}")
+                              f"cannot be resumed. {go_back(folder)}")
     model.load_state_dict(ckpt["model"])
     try:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -566,6 +566,8 @@ class Trainer:
             images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
         if self.probe is None:  # a few real images: checkpoints.nonfinite runs the model on them
             self.probe = images[:8].detach().clone()
+            if self.resumed_from is not None:
+                self.check_resumed_state(precision)
         if self.step == nonfinite_at_step:
             images = images * float("nan")
         loss, grad_norm = optimization_step(self.model, self.optimizer, self.params, images,
@@ -573,6 +575,22 @@ class Trainer:
         self.window_loss += loss
         self.window_grad_norm += grad_norm
         self.window_nonfinite += (~torch.isfinite(loss)).int()
+
+    def check_resumed_state(self, precision):
+        """Before the first update of a resumed run: the checkpoint's weights give finite
+        outputs on real images (one written before that was checked may not)."""
+        bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
+        if self._any_rank(bad):
+            raise ConfigError(f"{self.checkpoint_path} (step {self.step:,}) cannot be resumed: "
+                              f"non-finite values in {', '.join(bad[:3]) or 'another rank'}. "
+                              + checkpoints.go_back(self.folder))
+
+    def _any_rank(self, flag):
+        """True on every rank if `flag` is true on any (over gloo: no GPU sync)."""
+        flag = torch.tensor([int(bool(flag))])
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return bool(flag.item())
 
     def _reset_window(self):
         zero = torch.zeros((), device=self.device)
@@ -677,12 +695,9 @@ class Trainer:
         """Check the state on every rank (checkpoints.nonfinite), then rank 0 writes it
         (checkpoints.save: checkpoint.pt, the one before as checkpoint.prev.pt)."""
         bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
-        flag = torch.tensor([len(bad)])
-        if self.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        if flag.item():
+        if self._any_rank(bad):
             raise self._nonfinite(f"non-finite values at step {self.step} in "
-                                  + (", ".join(bad[:3]) if bad else "another rank's state"))
+                                  + (", ".join(bad[:3]) or "another rank's state"))
         if self.is_main:
             checkpoints.save(checkpoints.capture(
                 self.raw_model, self.optimizer, step=self.step,

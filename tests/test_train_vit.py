@@ -481,10 +481,11 @@ def _cut(path, keep):
 
 @pytest.mark.parametrize("case", ["half_beton", "beton_without_last_kb", "empty_beton",
                                   "half_checkpoint", "empty_checkpoint", "empty_checkpoint_alone",
-                                  "other_model"])
+                                  "other_model", "overflowing_checkpoint"])
 def test_unusable_files_are_named_before_training(case, data, reference, tmp_path, capsys):
-    """A cut-short or empty .beton or checkpoint.pt, or a checkpoint of another model: a
-    configuration error naming the file (or setting) and what to do, before any training."""
+    """A cut-short or empty .beton or checkpoint.pt, a checkpoint of another model, or one
+    whose finite weights overflow (as the previous code could write): a configuration error
+    naming the file (or setting) and what to do, before any training step."""
     folder = tmp_path / "run"
     extra = []
     if case.endswith("beton") or "beton_" in case:
@@ -502,7 +503,13 @@ def test_unusable_files_are_named_before_training(case, data, reference, tmp_pat
             if case != "empty_checkpoint_alone" or name == "checkpoint.pt":
                 (folder / name).write_bytes((reference / name).read_bytes())
         current = folder / "checkpoint.pt"
-        if case == "other_model":
+        if case == "overflowing_checkpoint":  # weights of 3e37: finite, NaN in the first layer
+            ckpt = torch.load(reference / "checkpoint.prev.pt", weights_only=True)
+            ckpt["model"]["embedding.weight"].fill_(3e37)
+            torch.save(ckpt, current)
+            message = [f"{current} (step 10) cannot be resumed: non-finite values in the model's "
+                       f"outputs on a training batch", "holds the checkpoint before it (step 10)"]
+        elif case == "other_model":
             extra = ["--model.variant=pico/8"]
             message = [f"{current} was written for another model: model.variant='mu/8' there, "
                        f"'pico/8' here", "--model.variant=mu/8", "another logging.folder"]
@@ -513,6 +520,8 @@ def test_unusable_files_are_named_before_training(case, data, reference, tmp_pat
                         else [f"{folder / 'checkpoint.prev.pt'} holds the checkpoint before it "
                               f"(step 10): `mv {folder / 'checkpoint.prev.pt'} {current}`"])
     before = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    if case == "overflowing_checkpoint":  # found on the first batch, after the log was set up
+        before = sorted(before + ["config.json", "log.jsonl"])
     assert train_vit.main(args(data, folder, *extra, evals=False)) == train_vit.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "configuration error" in err and all(m in err for m in message), err
