@@ -4,7 +4,7 @@ its figures last; README's speed table is made of their output and nothing else.
   python benchmark.py loader --beton train.beton      # train loader: recipe vs decode+crop+flip
   python benchmark.py step --variant S/16 --batch-size 128   # fwd + bwd + AdamW on synthetic
                                                               # batches on the device, and MFU
-  python benchmark.py full --config-file configs/vit_s16_90ep.yaml --steps 100 \
+  python benchmark.py full --config-file configs/vit_s16_90ep.yaml --steps 100 \\
       --data.train_dataset=train.beton          # real training steps (train_vit.py itself)
   python benchmark.py project --step-img-s 3000 --loader-img-s-per-core 900   # the table's method
   python benchmark.py photos --out /tmp/photos          # ImageNet-sized JPEGs of real photographs
@@ -391,12 +391,24 @@ def cmd_project(args):
               f" vs {ref}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The examples above keep their lines, and each option shows its default, unless its
+    help already says it (a None default means "decided at run time", said in words)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.default not in (None, argparse.SUPPRESS)
+                and not action.required and "default" not in text):
+            text += " (default: %(default)s)"
+        return text
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("step", help="fwd + bwd + AdamW on synthetic batches already on the device")
     p.add_argument("--variant", default="S/16", help="vit.py variant, e.g. S/16; mu/4 for a CPU smoke")
-    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--img-size", type=int, default=224, help="image side in pixels")
     p.add_argument("--batch-size", type=int, default=128, help="per device (the recipe: 1024 / 8)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compilation)")
@@ -406,45 +418,49 @@ def main(argv=None):
     p.add_argument("--profile", type=int, default=0, help="profile this many steps: top kernels")
     p.add_argument("--patch-embed", choices=("matmul", "conv"), default="matmul",
                    help="vit.py's patch embedding as one matmul (default) or its Conv2d")
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.set_defaults(fn=cmd_step)
     p = sub.add_parser("loader", help="train loader alone: recipe vs decode+crop+flip, side by side")
     p.add_argument("--beton", required=True, help="a train .beton written by write_ffcv.py")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
-    p.add_argument("--res", type=int, default=224)
-    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--res", type=int, default=224, help="output crop side in pixels")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
     p.set_defaults(fn=cmd_loader)
     p = sub.add_parser("full", help="real training steps: train_vit.py with evals off")
     p.add_argument("--config-file", required=True, help="a train_vit.py config")
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60, help="training steps (training.max_steps)")
     p.add_argument("--log-every", type=int, default=10, help="steps per timing window")
     p.add_argument("--folder", default=None, help="train_vit logging.folder (default: a temp dir)")
     p.set_defaults(fn=cmd_full)
     p = sub.add_parser("photos", help="write ImageNet-like JPEGs (size, bytes, chroma) from real photographs")
     p.add_argument("--out", required=True, help="folder to create (ImageFolder layout)")
-    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--n", type=int, default=400, help="number of JPEGs")
     p.set_defaults(fn=cmd_photos)
     p = sub.add_parser("storage", help="write_ffcv storage settings: size and loader speed per core")
     p.add_argument("--images", required=True, help="an ImageFolder, e.g. from `benchmark.py photos`")
     p.add_argument("--settings", default=",".join(STORAGE_SETTINGS), help="comma-separated, of: "
-                   + ", ".join(STORAGE_SETTINGS))
+                   + ", ".join(STORAGE_SETTINGS) + " (default: all)")
     p.add_argument("--work", default=None, help="where the betons go (default: beside --images)")
     p.add_argument("--max-resolution", type=int, default=None,
                    help="cap for the settings other than original (default: none)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
-    p.add_argument("--res", type=int, default=224)
-    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--res", type=int, default=224, help="output crop side in pixels")
+    p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
     p.set_defaults(fn=cmd_storage)
     p = sub.add_parser("project", help="the projection method of README's table")
     p.add_argument("--step-img-s", type=float, default=None,
                    help="measured per-GPU step img/s (`step`); omitted: data bound only")
     p.add_argument("--loader-img-s-per-core", type=float, required=True, help="measured loader img/s per core")
-    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--gpus", type=int, default=8, help="GPUs of the node")
     p.add_argument("--cores", type=int, default=None, help="node's cores (default 16 per GPU)")
     p.set_defaults(fn=cmd_project)
+    for p in sub.choices.values():
+        p.formatter_class = HelpFormatter
+    sub.choices["full"].epilog = ("Any other argument is a train_vit.py setting "
+                                  "(--section.name=value; python train_vit.py --help).")
     args, overrides = parser.parse_known_args(argv)
     if args.fn in (cmd_loader, cmd_storage, cmd_full):  # these build ffcv Loaders
         import rand_augment

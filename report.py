@@ -6,8 +6,18 @@ The peak is a bf16 (or fp32) matrix product measured on the device itself in the
 not a datasheet figure: "H100" names SXM, PCIe and NVL parts whose datasheet peaks differ by
 a third, and clocks and power caps move the real one. `logging.peak_tflops` (train_vit.py)
 replaces the measurement with a number the user gives; the printout says which was used.
+
+And what train_vit.py writes about a run: log.jsonl (strict JSON lines), and at the end
+curves.png and the summary (summary.json and its printout, with the TPU comparison).
+Epochs are counted one way everywhere (`epochs_done`): images seen / train images, the
+recipe's own definition (steps = round(epochs x n_train / batch)).
 """
+import datetime
+import json
+import math
+import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -57,3 +67,144 @@ def compiled_frames():
     """Frames torch.compile has compiled in this process so far: a recompile adds one."""
     from torch._dynamo.utils import counters
     return counters["frames"]["total"]
+
+
+# --- what a run writes ---------------------------------------------------------------------
+def epochs_done(step, global_batch, n_train):
+    """Epochs after `step` steps: images seen / train images (the definition the recipe's
+    step count uses; the loader's passes drop the last partial batch, so they run ahead)."""
+    return step * global_batch / n_train
+
+
+def finite_json(record):
+    """record with every NaN/inf float replaced by null, and the keys replaced listed under
+    "nonfinite" (nested keys as a.b): JSON has no NaN, and a strict parser rejects it."""
+    replaced = []
+
+    def clean(value, key):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(key)
+            return None
+        return value
+    out = clean(record, "")
+    if replaced:
+        out["nonfinite"] = replaced
+    return out
+
+
+def json_line(record):
+    """One log.jsonl line: strict JSON (see finite_json)."""
+    return json.dumps(finite_json(record), allow_nan=False) + "\n"
+
+
+def read_log(path):
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_atomic(path, text):
+    """Write through a temporary file and a rename: readers see the old or the new text."""
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def duration(seconds):
+    """h:mm:ss, or seconds with decimals under a minute (a short run is not '0:00:00')."""
+    if seconds < 60:
+        return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def ratio(x):
+    """A time ratio as people write it: 0.85x, 3.2x, 1,110x."""
+    return f"{x:,.0f}x" if x >= 100 else f"{x:.3g}x"
+
+
+def summary(*, folder, step, total_steps, global_batch, n_train, session_steps, wall_s,
+            session_train_s, session_eval_s, train_time_s, img_s, devices, device,
+            flops_per_image, peak_tflops, peak_source, recompiles, log, variant, img_size):
+    """The end-of-run figures (summary.json): time, speed, device-hours, MFU, final top-1,
+    and the TPUv3-8 reference for as many images. img_s is the steady speed (the session's
+    first log window, which pays for compilation, left out)."""
+    tpu_img_s = 90 * IMAGENET_TRAIN / TPU_90EP_S  # 4,878 img/s
+    images, total_images = step * global_batch, total_steps * global_batch
+    evals = [r for r in log if any(k.endswith("_top1") for k in r)]
+    return {
+        "folder": str(folder), "variant": variant, "img_size": img_size,
+        "steps": step, "total_steps": total_steps, "session_steps": session_steps,
+        "epochs_run": epochs_done(step, global_batch, n_train), "images": images,
+        "n_train": n_train, "session_wall_s": wall_s, "session_train_s": session_train_s,
+        "session_eval_s": session_eval_s, "train_time_s": train_time_s,
+        "img_per_s": img_s, "img_per_s_per_device": img_s / devices,
+        "devices": devices, "device": device, "device_hours": wall_s * devices / 3600,
+        "mfu": mfu(img_s / devices, flops_per_image, peak_tflops),
+        "peak_tflops": peak_tflops, "peak_source": peak_source,
+        "recompiles_after_first_step": recompiles, "flops_per_image": flops_per_image,
+        "final": {k: v for k, v in evals[-1].items() if k.endswith("_top1")} if evals else {},
+        "tpu_img_per_s": tpu_img_s, "tpu_ref_s": images / tpu_img_s,
+        "tpu_ref_300ep_pace_s": images * TPU_300EP_S / (300 * IMAGENET_TRAIN),
+        "projected_full_run_s": total_images / img_s, "tpu_ref_full_run_s": total_images / tpu_img_s}
+
+
+def summary_text(s):
+    """The printout of a summary() dict."""
+    gpu = "GPU" if s["device"] != "cpu" else "device"
+    final = ", ".join(f"{k[:-5]} {v:.2%}" for k, v in s["final"].items() if v is not None)
+    here = s["images"] / s["img_per_s"]
+    lines = [
+        f"== summary: {s['folder']} ==",
+        f"steps {s['steps']:,} of {s['total_steps']:,} = {s['epochs_run']:.2f} epochs of "
+        f"{s['n_train']:,} images; this session: {s['session_steps']:,} steps, "
+        f"{duration(s['session_wall_s'])} wall-clock ({duration(s['session_train_s'])} in "
+        f"steps, {duration(s['session_eval_s'])} in evals)",
+        f"speed {s['img_per_s']:,.1f} img/s ({s['img_per_s_per_device']:,.1f} per device, "
+        f"compilation left out); {s['device_hours']:.4f} {gpu}-hours on {s['devices']} x "
+        f"{s['device']}",
+        f"MFU {s['mfu']:.1%} of {s['peak_tflops']:,.4g} TFLOP/s per device ({s['peak_source']}); "
+        f"{s['flops_per_image'] / 1e9:.3f} GFLOP per training image"
+        + (f"; recompiles after the first step: {s['recompiles_after_first_step']}"
+           if s["recompiles_after_first_step"] is not None else ""),
+        "final top-1: " + (final or "no eval set configured"),
+        f"TPUv3-8 reference (ViT-S/16 at 224 px: 90 ep in 6 h 30 = {s['tpu_img_per_s']:,.0f} "
+        f"img/s; 300 ep in under 24 h): this run's {s['images']:,} images "
+        f"({s['epochs_run']:.2f} epochs) take it {duration(s['tpu_ref_s'])} (300-ep pace: "
+        f"under {duration(s['tpu_ref_300ep_pace_s'])}); here {duration(here)} at the steady "
+        f"speed, {duration(s['train_time_s'])} measured ({ratio(here / s['tpu_ref_s'])} the "
+        f"reference's time)"]
+    if s["steps"] < s["total_steps"]:
+        lines.append(f"projection to all {s['total_steps']:,} steps: "
+                     f"{duration(s['projected_full_run_s'])} at this speed vs "
+                     f"{duration(s['tpu_ref_full_run_s'])} for the reference")
+    if (s["variant"], s["img_size"]) != ("S/16", 224):
+        lines.append(f"(not like for like: ViT-{s['variant']} at {s['img_size']} px here, "
+                     f"ViT-S/16 at 224 px in the reference)")
+    return "\n".join(lines)
+
+
+def plot(log, path):
+    """Train loss, learning rate and eval top-1 against the step, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    train = [r for r in log if r.get("train_loss") is not None]
+    evals = [r for r in log if any(k.endswith("_top1") for k in r)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot([r["step"] for r in train], [r["train_loss"] for r in train])
+    axes[0].set(title="train loss (soft-target xent)", xlabel="step")
+    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
+    axes[1].set(title="learning rate", xlabel="step")
+    for key in sorted({k for r in evals for k in r if k.endswith("_top1")}):
+        points = [(r["step"], r[key]) for r in evals if r.get(key) is not None]
+        axes[2].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key[:-5])
+    axes[2].set(title="eval top-1", xlabel="step")
+    if evals:
+        axes[2].legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -11,17 +11,18 @@ Several nodes: the same command on every node with torchrun's rendezvous flags
 (`--nnodes=2 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT`), logging.folder on a shared
 filesystem. training.batch_size is the GLOBAL batch, split evenly over the ranks.
 
-Written to logging.folder (rank 0): config.json, log.jsonl (one JSON object per line: train
-metrics every logging.log_every steps, evals), checkpoint.pt (every
-logging.checkpoint_every steps and at the end; written to a temporary name, then renamed),
-curves.png and summary.json at the end. Running the same command with the same folder
-resumes from checkpoint.pt, mid-epoch included, and ends bit-identical (on CPU) to a run
-that was never stopped.
+Written to logging.folder (rank 0): config.json, log.jsonl (one strict JSON object per line:
+train metrics every logging.log_every steps, evals), checkpoint.pt and checkpoint.prev.pt
+(checkpoints.py: every logging.checkpoint_every steps and at the end), curves.png and
+summary.json at the end (report.py). Running the same command with the same folder resumes
+from checkpoint.pt, mid-epoch included, and ends bit-identical (on CPU) to a run that was
+never stopped.
 
-Exit codes: 0 done (or max_steps reached); 2 configuration error (nothing was trained);
-1 non-finite loss (the last good checkpoint is kept); 143 (= 128 + SIGTERM) after a
-SIGTERM: a checkpoint was written at the next step boundary, run the same command again
-to resume (torchrun --max-restarts does so by itself).
+Exit codes: 0 done (or max_steps reached); 2 configuration error or unusable input file
+(nothing was trained); 1 non-finite loss, eval loss or state (nothing is saved from it; the
+error names the file holding the last good state and how to resume from it); 143
+(= 128 + SIGTERM) after a SIGTERM: a checkpoint was written at the next step boundary, run
+the same command again to resume (torchrun --max-restarts does so by itself).
 """
 import os
 
@@ -29,16 +30,11 @@ import os
 # the same time; numba's default 'workqueue' layer aborts on that, tbb and omp do not.
 os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
 
-import argparse  # noqa: E402
-import datetime
-import difflib
-import json
+import json  # noqa: E402
 import math
-import queue
 import random
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -47,55 +43,24 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import torchmetrics
-import yaml
-from fastargs import Param, Section, get_current_config
+from fastargs import Param, Section, get_current_config  # noqa: F401 (demo.py reads the config)
 from fastargs.decorators import param
-from fastargs.validation import And, Checker, InRange, OneOf
+from fastargs.validation import And, InRange, OneOf
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.transforms import ToDevice, ToTensor
-from ffcv.traversal_order.base import TraversalOrder
-from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+import checkpoints
+import cli
+import loaders
 import rand_augment
 import report
 import vit
-from write_ffcv import ConversionError, read_sidecar
-
-
-class Flag(Checker):
-    """true/false, yes/no, on/off, 1/0. (fastargs' own bool checker reads 'false' as True.)"""
-    def check(self, value):
-        if isinstance(value, bool) or value in (0, 1):
-            return bool(value)
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(value)
-
-    def help(self):
-        return "a boolean (true/false or 1/0)"
-
-
-class RepSize(Checker):
-    """big_vision's rep_size: true (pre-logits as wide as the model), false (none) or an int."""
-    def check(self, value):
-        try:
-            return Flag().check(value)
-        except ValueError:
-            if int(value) > 0:
-                return int(value)
-            raise
-
-    def help(self):
-        return "true, false or a positive int"
-
+from cli import ConfigError, Flag, Real, RepSize
+from loaders import HostLead, ResumableOrder
 
 Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.json sidecar)").params(
     train_dataset=Param(str, "train split .beton (the 99% of ImageNet train)", required=True),
@@ -118,40 +83,37 @@ Section("model", "big_vision ViT (vit.py)").params(
     head_zeroinit=Param(Flag(), "zero-initialised head kernel", default=True),
 )
 Section("augment", "train preprocessing (rand_augment.py); eval has its own crop").params(
-    crop_area_min=Param(And(float, InRange(1e-6, 1)), "inception crop: smallest area fraction",
-                        default=0.05),
+    crop_area_min=Param(Real(1e-6, 1), "inception crop: smallest area fraction", default=0.05),
     flip=Param(Flag(), "random horizontal flip, p = 0.5", default=True),
     randaug_layers=Param(And(int, InRange(min=0)), "RandAugment ops per image; 0 = RandAugment off",
                          default=2),
     randaug_magnitude=Param(And(int, InRange(0, 10)), "RandAugment level (max 10)", default=10),
     randaug_fixed=Param(Flag(), "fix the reference's Contrast/Solarize quirks", default=False),
-    mixup_alpha=Param(And(float, InRange(min=0)), "mixup a ~ Beta(alpha, alpha); 0 = mixup off",
-                      default=0.2),
+    mixup_alpha=Param(Real(), "mixup a ~ Beta(alpha, alpha); 0 = mixup off", default=0.2),
     mix_on_device=Param(OneOf(["auto", "on", "off"]), "normalise + mix images on the device "
                         "(uint8 host->device copy, same numbers); auto = on GPU", default="auto"),
 )
 Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cosine").params(
-    lr=Param(And(float, InRange(min=0)), "peak learning rate (big_vision config.lr)", default=1e-3),
-    weight_decay=Param(And(float, InRange(min=0)),
-                       "torch AdamW decay: the step decays w by lr*s(t)*this", default=0.1),
-    beta1=Param(float, "Adam b1", default=0.9),
-    beta2=Param(float, "Adam b2", default=0.999),
-    eps=Param(float, "Adam eps", default=1e-8),
-    grad_clip_norm=Param(And(float, InRange(min=0)),
-                         "clip the global gradient norm to this; 0 = off", default=1.0),
+    lr=Param(Real(), "peak learning rate (big_vision config.lr)", default=1e-3),
+    weight_decay=Param(Real(), "torch AdamW decay: the step decays w by lr*s(t)*this",
+                       default=0.1),
+    beta1=Param(Real(0, 1, open_high=True), "Adam b1", default=0.9),
+    beta2=Param(Real(0, 1, open_high=True), "Adam b2", default=0.999),
+    eps=Param(Real(), "Adam eps", default=1e-8),
+    grad_clip_norm=Param(Real(), "clip the global gradient norm to this; 0 = off", default=1.0),
     warmup_steps=Param(And(int, InRange(min=0)),
                        "linear warmup from exactly 0 over this many steps", default=10_000),
     impl=Param(OneOf(["auto", "fused", "foreach", "forloop"]),
                "torch AdamW kernel; auto = fused on GPU, foreach on CPU", default="auto"),
 )
 Section("training", "the run").params(
-    epochs=Param(And(float, InRange(min=1e-9)),
-                 "epochs; steps = round(epochs * n_train / batch_size)", default=90),
+    epochs=Param(Real(1e-9), "epochs; steps = round(epochs * n_train / batch_size)", default=90),
     batch_size=Param(And(int, InRange(min=1)), "GLOBAL batch, split over the ranks", default=1024),
     max_steps=Param(And(int, InRange(min=0)),
                     "stop after this step (schedule unchanged); 0 = run to the end",
                     default=0),
-    seed=Param(int, "model init, data order and augmentation seed", default=0),
+    seed=Param(And(int, InRange(0, 2**32 - 1)), "model init, data order and augmentation seed",
+               default=0),
     precision=Param(OneOf(["bf16", "fp32"]), "autocast dtype (CPU too)", default="bf16"),
     compile=Param(OneOf(["auto", "on", "off"]), "torch.compile; auto = on GPU only",
                   default="auto"),
@@ -164,9 +126,8 @@ Section("eval", "top-1 on minival, val, ReaL and v2").params(
                 "eval every this many steps (and at the end); 0 = only at the end",
                 default=2500),
     batch_size=Param(And(int, InRange(min=1)), "GLOBAL eval batch", default=1024),
-    crop_ratio=Param(And(float, InRange(1e-6, 1)),
-                     "centre crop side / shorter side (224/256: resize 256, crop 224)",
-                     default=224 / 256),
+    crop_ratio=Param(Real(1e-6, 1), "centre crop side / shorter side (224/256: resize 256, "
+                     "crop 224)", default=224 / 256),
 )
 Section("logging", "what rank 0 writes and shows").params(
     folder=Param(str, "output folder; a checkpoint there is resumed", required=True),
@@ -177,9 +138,8 @@ Section("logging", "what rank 0 writes and shows").params(
                            "checkpoint every N steps (and at the end); 0 = end only",
                            default=1000),
     progress=Param(Flag(), "tqdm progress bar", default=True),
-    peak_tflops=Param(And(float, InRange(min=0)),
-                      "per-device peak TFLOP/s for MFU; 0 = measure a matmul at start-up",
-                      default=0.0),
+    peak_tflops=Param(Real(), "per-device peak TFLOP/s for MFU; 0 = measure a matmul at "
+                      "start-up", default=0.0),
 )
 Section("debug", "fault injection for tests").params(
     nonfinite_at_step=Param(int, "make the inputs NaN at this step (tests the guard); -1 = off",
@@ -188,83 +148,14 @@ Section("debug", "fault injection for tests").params(
 
 SECTIONS = ("data", "model", "augment", "optimizer", "training", "eval", "logging", "debug")
 EXIT_OK, EXIT_NONFINITE, EXIT_CONFIG, EXIT_SIGTERM = 0, 1, 2, 128 + signal.SIGTERM
+STUCK_STEPS = 300  # a loss still at ln(num_classes) after this many steps is warned of
 
 
-# Every ffcv Loader jits its own numba dispatchers of the same functions (ffcv's imdecode...).
-# When an old one is garbage-collected while a new Loader compiles in its thread, numba 0.68
-# raises KeyError there. Loaders made in this process therefore live as long as it does
-# (one run = a few loaders; it matters when main() runs several times, as in the tests).
-_LOADERS = []
+_LOADERS = loaders.LOADERS  # every ffcv Loader made here lives as long as the process (loaders.py)
 
 
-def _loader_thread_died(args, default_hook=threading.excepthook):
-    """threading.excepthook: an ffcv epoch thread that raises never puts its end marker,
-    so its consumer would wait forever. Mark it failed and wake the consumer."""
-    default_hook(args)
-    if isinstance(args.thread, EpochIterator):
-        args.thread.failed = args.exc_value
-        args.thread.output_queue.put(None)
-
-
-threading.excepthook = _loader_thread_died
-
-
-def _raise_if_failed(epoch_iterator):
-    """Call when an ffcv epoch ended: raises if it ended because its thread died."""
-    if getattr(epoch_iterator, "failed", None) is not None:
-        raise RuntimeError("the ffcv loader thread failed (traceback above)") \
-            from epoch_iterator.failed
-
-
-def _batches(loader):
-    """One epoch of an ffcv loader, raising if its thread died instead of ending early."""
-    epoch_iterator = iter(loader)
-    yield from epoch_iterator
-    _raise_if_failed(epoch_iterator)
-
-
-class HostLead:
-    """Keeps the host at most one batch ahead of the GPU, so FFCV may reuse its buffers.
-
-    FFCV 1.0.2 decodes each batch into one of batches_ahead + 2 pinned host buffers and
-    copies it to the GPU asynchronously; before it decodes into a buffer again it waits
-    only on the GPU side. With a step that queues its kernels without a host sync (ours),
-    a host running ahead of a slow GPU would overwrite a buffer whose copy has not yet
-    run, and the GPU would train on a later batch's pixels. Call wait() before taking a
-    batch and mark() right after: the host then takes batch k + 1 only once the GPU has
-    reached batch k (its copy done, step k - 1 finished). A no-op off CUDA.
-    """
-
-    def __init__(self, device):
-        self.cuda = device.type == "cuda"
-        self.event = None
-
-    def wait(self):
-        if self.event is not None:
-            self.event.synchronize()
-
-    def mark(self):
-        if self.cuda:
-            self.event = torch.cuda.Event()
-            self.event.record()
-
-    def paced(self, batches):
-        """Yield from an ffcv epoch iterator with wait()/mark() around each batch."""
-        while True:
-            self.wait()
-            batch = next(batches, None)
-            if batch is None:
-                return
-            self.mark()
-            yield batch
-
-
-class ConfigError(Exception):
-    """A setting or an input file is wrong; the message says which and what to do."""
-
-
-class NonFiniteLoss(Exception):
-    """The training loss became NaN or inf."""
+class NonFinite(Exception):
+    """The training loss, an eval loss or the state to checkpoint is NaN or inf."""
 
 
 def schedule(step, total_steps, warmup_steps):
@@ -318,29 +209,6 @@ def optimization_step(model, optimizer, params, images_nchw, targets, precision,
     return loss.detach(), grad_norm.detach()
 
 
-class ResumableOrder(TraversalOrder):
-    """ffcv's RANDOM order in distributed mode (DistributedSampler, shuffle, padded to the
-    world size; seed + epoch), cut to whole batches (ffcv 1.0.2 ignores drop_last). A resumed
-    epoch starts later through rand_augment.epoch_iterator, which skips batches without
-    decoding them. ffcv builds a custom order by calling it with the Loader. The rank and
-    world size are explicit, so one process needs no process group."""
-
-    def __init__(self, rank, world_size):
-        self.rank, self.world_size = rank, world_size
-
-    def __call__(self, loader):
-        TraversalOrder.__init__(self, loader)
-        return self
-
-    def sample_order(self, epoch):
-        sampler = DistributedSampler(self.indices, num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=True, seed=self.seed, drop_last=False)
-        sampler.set_epoch(epoch)
-        order = self.indices[np.fromiter(iter(sampler), dtype=np.int64)]
-        batch = self.loader.batch_size
-        return order[:len(order) // batch * batch]
-
-
 class ReaLAccuracy(torchmetrics.Metric):
     """ReaL top-1: correct if the argmax is in the image's label set (rows padded with -1);
     images with an empty set are left out."""
@@ -362,50 +230,10 @@ class ReaLAccuracy(torchmetrics.Metric):
 
 
 def parse_config(argv=None):
-    """fastargs from --config-file and --section.name=value flags, then the checks fastargs
-    skips: keys no section declares (a typo would be silently ignored) and missing values."""
-    config = get_current_config()
-    config.content.clear()  # main() may run more than once in a process (tests)
-    saved_argv = sys.argv
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    try:
-        parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-        config.augment_argparse(parser)  # reads the files too
-        files = parser.parse_args().config_file
-        config.collect_argparse_args(parser)
-    except FileNotFoundError as e:
-        raise ConfigError(f"--config-file {e.filename}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config-file: not valid YAML: {e}") from None
-    finally:
-        sys.argv = saved_argv
-    known = {".".join(path) for path in config.entries if path[0] in SECTIONS}
-    for fname in files:
-        content = yaml.safe_load(Path(fname).read_text())
-        unknown = [key for key in _flatten(content or {}) if key not in known]
-        if unknown:
-            hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})"
-                     for k in unknown]
-            raise ConfigError(f"{fname}: unknown settings {', '.join(hints)}. "
-                              f"`python train_vit.py --help` lists them all.")
-    errors = {p: e for p, e in config.validate(mode="errordict").items() if p[0] in SECTIONS}
-    if errors:
-        lines = [f"{'.'.join(p)}: " + ("required, not set" if type(e).__name__ == "MissingValueError"
-                 else f"got {config.content.get(p)!r}, expected {config.entries[p].checker.help()}")
-                 for p, e in errors.items()]
-        raise ConfigError("bad settings:\n  " + "\n  ".join(lines))
-    return config
-
-
-def _flatten(tree, prefix=""):
-    if not isinstance(tree, dict):
-        raise ConfigError(f"config file: expected 'section: {{name: value}}', got {tree!r}")
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
+    """The settings from --config-file files and --section.name=value flags, checked
+    (cli.parse: unknown keys and flags named with the nearest known one, bad values with
+    what they accept); --help prints them all."""
+    return cli.parse(argv, SECTIONS, __doc__.split("\n\n")[0], "train_vit.py")
 
 
 class Trainer:
@@ -460,16 +288,10 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed)
 
-    @param("data.train_dataset")
-    @param("data.minival_dataset")
-    @param("data.val_dataset")
-    @param("data.real")
-    @param("data.v2_dataset")
     @param("model.variant")
     @param("model.img_size")
-    def check_datasets(self, train_dataset, minival_dataset, val_dataset, real, v2_dataset,
-                       variant, img_size):
-        """Every input exists, has its sidecar, and all splits share one class list."""
+    def check_datasets(self, variant, img_size):
+        """The model fits the image size; every input file is usable (loaders.check_dataset_files)."""
         try:
             patch = vit.decode_variant(variant)["patch_size"]
         except ValueError as e:
@@ -477,47 +299,10 @@ class Trainer:
         if img_size <= 0 or img_size % patch:
             raise ConfigError(f"model.img_size={img_size} must be a positive multiple of the "
                               f"patch size {patch} of model.variant={variant}")
-        self.sidecars = {}
-        for name, path in (("train", train_dataset), ("minival", minival_dataset),
-                           ("val", val_dataset), ("v2", v2_dataset)):
-            if not path:
-                continue
-            if not Path(path).is_file():
-                raise ConfigError(f"data.{name}_dataset: {path} does not exist. Convert the "
-                                  f"split with write_ffcv.py, or set data.{name}_dataset='' "
-                                  f"to skip it")
-            try:
-                self.sidecars[name] = (path, read_sidecar(path))
-            except (ConversionError, ValueError) as e:
-                raise ConfigError(f"data.{name}_dataset: {e}") from None
-        classes = self.sidecars["train"][1]["classes"]
-        for name, (path, meta) in self.sidecars.items():
-            if meta["classes"] != classes and meta["classes"] == [str(i) for i in range(len(classes))]:
-                raise ConfigError(f"{path} names its classes 0..{len(classes) - 1}: convert it "
-                                  f"again with write_ffcv.py --cfg.classes_from={train_dataset} "
-                                  f"so that it carries the train set's class names")
-            if meta["classes"] != classes:
-                diff = sorted(set(meta["classes"]) ^ set(classes))[:5]
-                raise ConfigError(
-                    f"{path} has {len(meta['classes'])} classes, {train_dataset} has "
-                    f"{len(classes)}, or they are in another order (first differences: {diff}). "
-                    f"Convert every split from the same class folders with write_ffcv.py.")
-            if meta["num_images"] < self.world_size:
-                raise ConfigError(f"{path} holds {meta['num_images']} images, fewer than the "
-                                  f"{self.world_size} ranks")
-        if real and not (val_dataset and self.sidecars["val"][1].get("has_real")):
-            raise ConfigError(f"data.real=true needs data.val_dataset written with ReaL labels "
-                              f"(write_ffcv.py --cfg.split=val --cfg.real_labels=real.json); "
-                              f"{val_dataset or 'no val set'} has none. Or set data.real=false")
-        self.classes, self.num_classes = classes, len(classes)
+        self.sidecars = loaders.check_dataset_files(self.world_size, warn=self.is_main)
+        self.classes = self.sidecars["train"][1]["classes"]
+        self.num_classes = len(self.classes)
         self.n_train = self.sidecars["train"][1]["num_images"]
-        for name, (path, meta) in self.sidecars.items():
-            if not meta.get("faithful") and self.is_main:
-                opts = meta.get("settings", {})
-                print(f"warning: {path} is stored write_mode={opts.get('write_mode')}, "
-                      f"max_resolution={opts.get('max_resolution')}: its {name} pixels differ "
-                      f"from the reference's (write_ffcv.py's default, original, is faithful)",
-                      file=sys.stderr)
 
     @param("data.train_dataset")
     @param("data.num_workers")
@@ -634,34 +419,20 @@ class Trainer:
 
     @param("logging.folder")
     def resume_from_checkpoint(self, folder):
-        """If folder/checkpoint.pt exists, continue from it: weights, optimizer, step (which
-        fixes the loader position: epoch and batch within it), RNG states."""
+        """If folder/checkpoint.pt exists, continue from it (checkpoints.resume checks it
+        first): weights, optimizer, step (which fixes the loader position), RNG states."""
         self.folder = Path(folder)
-        self.checkpoint_path = self.folder / "checkpoint.pt"
-        self.resumed_from = None
-        if not self.checkpoint_path.exists():
-            return
-        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
-        self.raw_model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.train_time = ckpt["step"], ckpt["train_time"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        np.random.set_state(("MT19937", ckpt["rng"]["numpy"].numpy().astype(np.uint32),
-                             *ckpt["rng"]["numpy_rest"]))
-        random.setstate((ckpt["rng"]["python"][0], tuple(ckpt["rng"]["python"][1]), None))
-        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        self.resumed_from = self.step
-        changed = {k: (v, ckpt["config"].get(k)) for k, v in self.config_dict().items()
-                   if ckpt["config"].get(k) != v and not k.startswith(("logging.", "debug."))
-                   and k not in ("training.max_steps", "data.num_workers")}
-        if changed and self.is_main:
-            print(f"warning: resuming {self.checkpoint_path} with changed settings "
-                  f"(now, then): {changed}", file=sys.stderr)
-        if ckpt["world_size"] != self.world_size and self.is_main:
-            print(f"warning: the checkpoint was written with {ckpt['world_size']} ranks, this "
-                  f"run has {self.world_size}: the data order differs from an unbroken run",
-                  file=sys.stderr)
+        self.checkpoint_path = self.folder / checkpoints.CURRENT
+        try:
+            ckpt, warnings = checkpoints.resume(self.folder, self.raw_model, self.optimizer,
+                                                self.config_dict(), self.world_size, self.device)
+        except checkpoints.CheckpointError as e:
+            raise ConfigError(str(e)) from None
+        self.resumed_from = None if ckpt is None else ckpt["step"]
+        if ckpt is not None:
+            self.step, self.train_time = ckpt["step"], ckpt["train_time"]
+        for warning in warnings if self.is_main else []:
+            print(f"warning: {warning}", file=sys.stderr)
 
     def config_dict(self):
         return {".".join(path): self.config[path] for path in self.config.entries
@@ -671,16 +442,18 @@ class Trainer:
     @param("model.variant")
     @param("model.img_size")
     @param("training.precision")
-    def initialize_logger(self, progress, variant, img_size, precision):
+    @param("optimizer.lr")
+    @param("optimizer.warmup_steps")
+    def initialize_logger(self, progress, variant, img_size, precision, lr, warmup_steps):
         """Rank 0: the folder, config.json, log.jsonl (cut back to the resumed step), the
-        plan of the run, and the progress bar."""
+        plan of the run, a warning if it ends inside the warmup, and the progress bar."""
         self.log_path = self.folder / "log.jsonl"
         if self.is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.folder / "config.json",
-                          json.dumps(self.config_dict(), indent=2, sort_keys=True))
-            kept = [line for line in _read_log(self.log_path) if line["step"] <= self.step]
-            _write_atomic(self.log_path, "".join(json.dumps(x) + "\n" for x in kept))
+            report.write_atomic(self.folder / "config.json",
+                                json.dumps(self.config_dict(), indent=2, sort_keys=True))
+            kept = [r for r in report.read_log(self.log_path) if r["step"] <= self.step]
+            report.write_atomic(self.log_path, "".join(report.json_line(r) for r in kept))
             n_params = sum(p.numel() for p in self.params)
             print(f"ViT-{variant} at {img_size}px: {n_params:,} parameters, "
                   f"{self.flops_per_image / 1e9:.3f} GFLOP per training image | "
@@ -691,6 +464,16 @@ class Trainer:
                   + (f", stopping at {self.stop_step:,}" if self.stop_step < self.total_steps else "")
                   + (f" | resuming at step {self.step:,}" if self.resumed_from is not None else "")
                   + f" | logging to {self.folder}", flush=True)
+            if warmup_steps >= self.stop_step:
+                cause = (f"training.max_steps={self.stop_step:,}" if self.stop_step < self.total_steps
+                         else f"training.epochs={self.config['training.epochs']:g} of "
+                              f"{self.n_train:,} images")
+                print(f"warning: this run ends at step {self.stop_step:,} ({cause}), before its "
+                      f"warmup of optimizer.warmup_steps={warmup_steps:,} steps does: the "
+                      f"learning rate never reaches optimizer.lr={lr:g} (at most "
+                      f"{lr * schedule(self.stop_step - 1, self.total_steps, warmup_steps):.3g})."
+                      f" Scale optimizer.warmup_steps with the run (the recipe warms up over 9% "
+                      f"of its steps).", file=sys.stderr, flush=True)
         self.pbar = tqdm(total=self.stop_step, initial=self.step, unit="step", dynamic_ncols=True,
                          disable=not (progress and self.is_main))
 
@@ -707,6 +490,7 @@ class Trainer:
         self.session_train_time, self.session_windows = 0.0, 0
         self.steady_steps, self.steady_time = 0, 0.0
         self.host_lead = HostLead(self.device)
+        self.probe, self.warned_stuck = None, False
         self._reset_window()
         try:
             while self.step < self.stop_step:
@@ -723,7 +507,7 @@ class Trainer:
                         t0 = time.perf_counter()
                         batch = next(batches, None)
                         if batch is None:
-                            _raise_if_failed(batches)
+                            loaders.raise_if_failed(batches)
                             break
                         self.window_wait += time.perf_counter() - t0
                         self.host_lead.mark()
@@ -735,13 +519,13 @@ class Trainer:
                         self.window_steps += 1
                         stopping = self._sigterm_agreed()
                         at_end = self.step == self.stop_step
-                        do_eval = every and self.step % every == 0 and not stopping
+                        do_eval = (at_end or every and self.step % every == 0) and not stopping
                         do_save = stopping or at_end or (checkpoint_every and
                                                          self.step % checkpoint_every == 0)
                         if self.step % log_every == 0 or at_end or do_eval or do_save:
                             self.log_train()  # also the non-finite check, before any save
                         if do_eval:
-                            self.evaluate()
+                            self.evaluate()  # a non-finite eval loss stops before the save
                         if do_save:
                             self.save_checkpoint()
                         if stopping:
@@ -749,8 +533,7 @@ class Trainer:
                                         f"run the same command to resume")
                             return EXIT_SIGTERM
                 finally:
-                    _stop_iterator(batches)
-            self.evaluate()
+                    loaders.stop_iterator(batches)
             self.finish()
             return EXIT_OK
         finally:
@@ -781,6 +564,10 @@ class Trainer:
             group["lr"] = self.current_lr
         if self.train_images_nhwc:
             images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
+        if self.probe is None:  # a few real images: checkpoints.nonfinite runs the model on them
+            self.probe = images[:8].detach().clone()
+            if self.resumed_from is not None:
+                self.check_resumed_state(precision)
         if self.step == nonfinite_at_step:
             images = images * float("nan")
         loss, grad_norm = optimization_step(self.model, self.optimizer, self.params, images,
@@ -789,15 +576,33 @@ class Trainer:
         self.window_grad_norm += grad_norm
         self.window_nonfinite += (~torch.isfinite(loss)).int()
 
+    def check_resumed_state(self, precision):
+        """Before the first update of a resumed run: the checkpoint's weights give finite
+        outputs on real images (one written before that was checked may not)."""
+        bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
+        if self._any_rank(bad):
+            raise ConfigError(f"{self.checkpoint_path} (step {self.step:,}) cannot be resumed: "
+                              f"non-finite values in {', '.join(bad[:3]) or 'another rank'}. "
+                              + checkpoints.go_back(self.folder))
+
+    def _any_rank(self, flag):
+        """True on every rank if `flag` is true on any (over gloo: no GPU sync)."""
+        flag = torch.tensor([int(bool(flag))])
+        if self.distributed:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return bool(flag.item())
+
     def _reset_window(self):
         zero = torch.zeros((), device=self.device)
         self.window_loss, self.window_grad_norm, self.window_nonfinite = zero, zero.clone(), zero.int()
         self.window_steps, self.window_wait, self.window_time = 0, 0.0, 0.0
         self.window_gpu_wait = 0.0
 
-    def log_train(self):
+    @param("optimizer.warmup_steps")
+    def log_train(self, warmup_steps):
         """Every log_every steps: mean loss over the ranks and steps, lr, speed; stop on a
-        non-finite loss before anything else is written."""
+        non-finite loss before anything else is written; say so when the loss is still
+        ln(num_classes) (uniform predictions: not learning) after STUCK_STEPS steps."""
         if self.window_steps == 0:
             return
         # The window ends when the device has finished its steps, not when they were queued.
@@ -809,10 +614,8 @@ class Trainer:
             dist.all_reduce(stats)
         loss = stats[0].item() / (self.window_steps * self.world_size)
         if stats[1].item() > 0 or not math.isfinite(loss):
-            raise NonFiniteLoss(
-                f"non-finite training loss ({loss}) between steps {self.step - self.window_steps}"
-                f" and {self.step}. Stopped; {self.checkpoint_path} keeps the last good state. "
-                f"Lower optimizer.lr, check the data, or try training.precision=fp32.")
+            raise self._nonfinite(f"non-finite training loss ({loss}) between steps "
+                                  f"{self.step - self.window_steps} and {self.step}")
         self.train_time += self.window_time
         self.session_train_time += self.window_time
         if self.session_windows > 0:  # the first window pays for compilation: left out
@@ -820,7 +623,7 @@ class Trainer:
             self.steady_time += self.window_time
         self.session_windows += 1
         images = self.window_steps * self.batch_per_rank * self.world_size
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch,
+        record = {"step": self.step, "epoch": self.epochs(self.step),
                   "train_loss": loss, "lr": self.current_lr,
                   "grad_norm": self.window_grad_norm.item() / self.window_steps,
                   "img_per_s": images / self.window_time,
@@ -828,27 +631,41 @@ class Trainer:
                   "gpu_wait": self.window_gpu_wait / self.window_time,
                   "train_time_s": self.train_time}
         self._reset_window()
-        self.pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{record['lr']:.2e}",
-                              img_s=f"{record['img_per_s']:.0f}",
+        uniform = math.log(self.num_classes)
+        stuck = abs(loss - uniform) < 1e-3
+        self.pbar.set_postfix(loss=f"{loss:.4f}" + (f"=ln({self.num_classes})" if stuck else ""),
+                              lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}",
                               wait=f"{record['data_wait']:.0%}", refresh=False)
+        if stuck and self.step >= STUCK_STEPS and not self.warned_stuck:
+            self.warned_stuck = True
+            self._print(f"warning: the training loss is still ln({self.num_classes}) = "
+                        f"{uniform:.4f} at step {self.step:,}: the model predicts every class "
+                        f"alike, it is not learning yet (lr now {self.current_lr:.3g}, warmup "
+                        f"{warmup_steps:,} steps). If it stays there, check optimizer.lr and "
+                        f"the data.")
         self._log(record)
+
+    def epochs(self, step):
+        """The one definition of epochs, for the log and the summary (report.epochs_done)."""
+        return report.epochs_done(step, self.batch_per_rank * self.world_size, self.n_train)
 
     @param("training.precision")
     @torch.no_grad()
     def evaluate(self, precision):
-        """Top-1 on every eval set (ReaL from the val pass), reduced over ranks by torchmetrics."""
+        """Top-1 on every eval set (ReaL from the val pass), reduced over ranks by torchmetrics.
+        A non-finite eval loss means the weights are broken: logged (as null), then a stop."""
         if self.last_eval_step == self.step or not self.eval_loaders:
             return
         start = time.perf_counter()
         self.raw_model.eval()
-        record = {"step": self.step, "epoch": self.step / self.steps_per_epoch}
+        record = {"step": self.step, "epoch": self.epochs(self.step)}
         for name, (with_real, loader) in self.eval_loaders.items():
             top1 = torchmetrics.classification.MulticlassAccuracy(
                 self.num_classes, average="micro").to(self.device)
-            loss = torchmetrics.MeanMetric().to(self.device)
+            loss = torchmetrics.MeanMetric(nan_strategy="disable").to(self.device)  # NaN stays NaN
             real = ReaLAccuracy().to(self.device)
             lead = HostLead(self.device)
-            for batch in lead.paced(_batches(loader)):
+            for batch in lead.paced(loaders.epoch_batches(loader)):
                 images, labels = batch[0].permute(0, 3, 1, 2), batch[1].view(-1).long()
                 with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
@@ -869,99 +686,59 @@ class Trainer:
         self._print("eval at step {:,}: {}".format(self.step, ", ".join(
             f"{k[:-5]} {v:.2%}" for k, v in record.items() if k.endswith("_top1"))))
         self._log(record)
+        bad = [k for k, v in record.items() if k.endswith("_loss") and not math.isfinite(v)]
+        if bad:
+            raise self._nonfinite(f"non-finite eval loss at step {self.step} ({', '.join(bad)})")
 
-    def save_checkpoint(self):
-        """Rank 0 writes checkpoint.pt through a temporary file (tensors and plain containers
-        only, so torch.load(weights_only=True) reads it); the others wait."""
+    @param("training.precision")
+    def save_checkpoint(self, precision):
+        """Check the state on every rank (checkpoints.nonfinite), then rank 0 writes it
+        (checkpoints.save: checkpoint.pt, the one before as checkpoint.prev.pt)."""
+        bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
+        if self._any_rank(bad):
+            raise self._nonfinite(f"non-finite values at step {self.step} in "
+                                  + (", ".join(bad[:3]) or "another rank's state"))
         if self.is_main:
-            epoch, batch = divmod(self.step, self.steps_per_epoch)
-            np_state = np.random.get_state()
-            state = {
-                "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "epoch": epoch, "batch_in_epoch": batch,
-                "steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size,
-                "train_time": self.train_time, "config": self.config_dict(),
-                "rng": {"torch": torch.get_rng_state(),
-                        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
-                        "numpy_rest": list(np_state[2:]),
-                        "python": [random.getstate()[0], list(random.getstate()[1])]}}
-            if self.device.type == "cuda":
-                state["rng"]["cuda"] = torch.cuda.get_rng_state()
-            tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.checkpoint_path)
+            checkpoints.save(checkpoints.capture(
+                self.raw_model, self.optimizer, step=self.step,
+                steps_per_epoch=self.steps_per_epoch, world_size=self.world_size,
+                train_time=self.train_time, config=self.config_dict(), device=self.device),
+                self.folder)
         if self.distributed:
             dist.barrier()
+
+    def _nonfinite(self, what):
+        return NonFinite(f"{what}. Stopped; nothing was saved from this state. "
+                         + checkpoints.where_to_resume(self.folder, self.config["optimizer.lr"],
+                                                       self.config["training.precision"]))
 
     @param("model.variant")
     @param("model.img_size")
     def finish(self, variant, img_size):
-        """Rank 0: curves.png, then the summary, printed and as summary.json: time, speed,
-        device-hours, MFU, accuracy, and the TPUv3-8 reference for as many images."""
+        """Rank 0: curves.png, then the summary (report.py), printed and as summary.json."""
         if not self.is_main:
             return
-        log = _read_log(self.log_path)
-        _plot(log, self.folder / "curves.png")
-        wall = time.perf_counter() - self.started
-        steps = self.step - self.session_first_step
+        log = report.read_log(self.log_path)
+        report.plot(log, self.folder / "curves.png")
         batch = self.batch_per_rank * self.world_size
+        steps = self.step - self.session_first_step
         # Steady speed: the first logged window of the session (compilation) is left out.
         img_s = (self.steady_steps * batch / self.steady_time if self.steady_steps
                  else steps * batch / max(self.session_train_time, 1e-9))
-        on_gpu = self.device.type == "cuda"
-        name = torch.cuda.get_device_name(self.device) if on_gpu else "cpu"
         self.recompiles = report.compiled_frames() - self.frames_after_first
-        mfu = report.mfu(img_s / self.world_size, self.flops_per_image, self.peak_tflops)
-        tpu_img_s = 90 * report.IMAGENET_TRAIN / report.TPU_90EP_S  # 4,878 img/s
-        images, total_images = self.step * batch, self.total_steps * batch
-        evals = [r for r in log if any(k.endswith("_top1") for k in r)]
-        summary = {
-            "steps": self.step, "total_steps": self.total_steps,
-            "epochs_run": images / self.n_train, "images": images,
-            "session_wall_s": wall, "session_train_s": self.session_train_time,
-            "session_eval_s": self.eval_time, "train_time_s": self.train_time,
-            "img_per_s": img_s, "img_per_s_per_device": img_s / self.world_size,
-            "devices": self.world_size, "device": name,
-            "device_hours": wall * self.world_size / 3600, "mfu": mfu,
-            "peak_tflops": self.peak_tflops, "peak_source": self.peak_source,
-            "recompiles_after_first_step": self.recompiles if self.compiled else None,
-            "flops_per_image": self.flops_per_image,
-            "final": {k: v for k, v in evals[-1].items() if k.endswith("_top1")} if evals else {},
-            "tpu_ref_s": images / tpu_img_s,
-            "tpu_ref_300ep_pace_s": images * report.TPU_300EP_S / (300 * report.IMAGENET_TRAIN),
-            "projected_full_run_s": total_images / img_s,
-            "tpu_ref_full_run_s": total_images / tpu_img_s}
-        _write_atomic(self.folder / "summary.json", json.dumps(summary, indent=2))
-        lines = [
-            f"== summary: {self.folder} ==",
-            f"steps {self.step:,} of {self.total_steps:,} = {summary['epochs_run']:.2f} epochs of "
-            f"{self.n_train:,} images; this session: {steps:,} steps, {_hms(wall)} wall-clock "
-            f"({_hms(self.session_train_time)} in steps, {_hms(self.eval_time)} in evals)",
-            f"speed {img_s:,.1f} img/s ({img_s / self.world_size:,.1f} per device, compilation "
-            f"left out); {summary['device_hours']:.4f} {'GPU' if on_gpu else 'device'}-hours on "
-            f"{self.world_size} x {name}",
-            f"MFU {mfu:.1%} of {self.peak_tflops:,.4g} TFLOP/s per device ({self.peak_source}); "
-            f"{self.flops_per_image / 1e9:.3f} GFLOP per training image"
-            + (f"; recompiles after the first step: {self.recompiles}" if self.compiled else ""),
-            "final top-1: " + (", ".join(f"{k[:-5]} {v:.2%}" for k, v in summary["final"].items())
-                               or "no eval set configured"),
-            f"TPUv3-8 reference (ViT-S/16 at 224 px: 90 ep in 6 h 30 = {tpu_img_s:,.0f} img/s; "
-            f"300 ep in under 24 h): this run's {images:,} images ({summary['epochs_run']:.2f} "
-            f"epochs) take it {_hms(summary['tpu_ref_s'])} (300-ep pace: under "
-            f"{_hms(summary['tpu_ref_300ep_pace_s'])});"
-            f" here {_hms(images / img_s)} at the steady speed, {_hms(self.train_time)} measured "
-            f"({tpu_img_s / img_s:.3g}x the reference's time)"]
-        if self.step < self.total_steps:
-            lines.append(f"projection to all {self.total_steps:,} steps: "
-                         f"{_hms(summary['projected_full_run_s'])} at this speed vs "
-                         f"{_hms(summary['tpu_ref_full_run_s'])} for the reference")
-        if (variant, img_size) != ("S/16", 224):
-            lines.append(f"(not like for like: ViT-{variant} at {img_size} px here, ViT-S/16 at "
-                         f"224 px in the reference)")
-        self._print("\n".join(lines))
+        summary = report.summary(
+            folder=self.folder, step=self.step, total_steps=self.total_steps,
+            global_batch=batch, n_train=self.n_train, session_steps=steps,
+            wall_s=time.perf_counter() - self.started,
+            session_train_s=self.session_train_time, session_eval_s=self.eval_time,
+            train_time_s=self.train_time, img_s=img_s, devices=self.world_size,
+            device=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            flops_per_image=self.flops_per_image, peak_tflops=self.peak_tflops,
+            peak_source=self.peak_source, recompiles=self.recompiles if self.compiled else None,
+            log=log, variant=variant, img_size=img_size)
+        report.write_atomic(self.folder / "summary.json",
+                            json.dumps(report.finite_json(summary), indent=2, allow_nan=False))
+        self._print(report.summary_text(summary))
 
     def _print(self, text):
         if self.is_main:
@@ -970,59 +747,7 @@ class Trainer:
     def _log(self, record):
         if self.is_main:
             with open(self.log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _stop_iterator(batches):
-    """End an ffcv epoch iterator left mid-epoch: its thread may block on a full queue."""
-    batches.close()
-    while batches.is_alive():
-        try:
-            batches.output_queue.get(timeout=0.05)
-        except queue.Empty:
-            pass
-    batches.join()
-
-
-def _read_log(path):
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def _write_atomic(path, text):
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _hms(seconds):
-    return str(datetime.timedelta(seconds=round(seconds)))
-
-
-def _plot(log, path):
-    """Train loss, learning rate and eval top-1 against the step, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    train = [r for r in log if "train_loss" in r]
-    evals = [r for r in log if any(k.endswith("_top1") for k in r)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot([r["step"] for r in train], [r["train_loss"] for r in train])
-    axes[0].set(title="train loss (soft-target xent)", xlabel="step")
-    axes[1].plot([r["step"] for r in train], [r["lr"] for r in train])
-    axes[1].set(title="learning rate", xlabel="step")
-    for key in sorted({k for r in evals for k in r if k.endswith("_top1")}):
-        axes[2].plot([r["step"] for r in evals if key in r], [r[key] for r in evals if key in r],
-                     marker="o", label=key[:-5])
-    axes[2].set(title="eval top-1", xlabel="step")
-    if evals:
-        axes[2].legend()
-    fig.tight_layout()
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+                f.write(report.json_line(record))
 
 
 def main(argv=None):
@@ -1039,7 +764,7 @@ def main(argv=None):
     except ConfigError as e:
         print(f"train_vit.py: configuration error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except NonFiniteLoss as e:
+    except NonFinite as e:
         print(f"train_vit.py: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     finally:

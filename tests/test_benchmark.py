@@ -111,3 +111,16 @@ def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):
     line = results(out)[-1]
     assert line.startswith("RESULT full") and number(r"([\d,.]+) img/s", line) > 0
     assert "over 2 windows" in line
+
+
+def test_help_shows_its_examples_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--help"])
+    out = capsys.readouterr().out
+    # The `full` example is two lines joined by a backslash, as a shell reads it.
+    assert ("--steps 100 \\\n      --data.train_dataset=train.beton" in out), out
+    with pytest.raises(SystemExit):
+        benchmark.main(["step", "--help"])
+    out = capsys.readouterr().out
+    assert "(default: 224)" in out and "(default: S/16)" in out and "None" not in out
+    assert "\x1b" not in out

@@ -10,9 +10,11 @@ runs are compared with.
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import checkpoints
 import rand_augment
+import report
 import train_vit
 import vit
 import write_ffcv
@@ -400,3 +404,205 @@ def test_torchrun_two_ranks(data, tmp_path):
     torch.set_num_threads(threads)
     assert final["val_top1"] == pytest.approx(correct / 24, abs=1e-6)
     assert final["real_top1"] == pytest.approx(real_correct / real_total, abs=1e-6)
+
+
+# --- hardening (issue 9) --------------------------------------------------------------------
+def strict_log(folder):
+    """log.jsonl parsed by a strict JSON parser: a bare NaN or Infinity fails the test."""
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return [json.loads(line, parse_constant=refuse)
+            for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def all_finite(ckpt):
+    tensors = list(ckpt["model"].values()) + [v for s in ckpt["optimizer"]["state"].values()
+                                               for v in s.values()]
+    return all(torch.isfinite(t.float()).all() for t in tensors)
+
+
+def test_lr_1e38_never_checkpoints_nonfinite_weights(data, tmp_path, capsys):
+    """The issue's case: lr=1e38 leaves weights of 2e37 (finite) whose next forward is NaN,
+    while the loss of that step, computed before the update, is still finite. The step-2
+    checkpoint must not be written; step 1's stays, the error says so (no checkpoint.prev.pt
+    exists yet, the run is fp32: no fp32 advice), and it resumes with a sane lr."""
+    folder = tmp_path / "lr1e38"
+    argv = args(data, folder, "--training.precision=fp32", "--logging.checkpoint_every=1",
+                "--logging.log_every=100", evals=False)
+    assert train_vit.main(argv + ["--optimizer.lr=1e38"]) == train_vit.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    assert "non-finite values at step 2 in the model's outputs on a training batch" in err
+    assert f"The last good state is {folder / 'checkpoint.pt'} (step 1)" in err
+    assert "a lower --optimizer.lr (now 1e+38)" in err
+    assert "precision=fp32" not in err and "checkpoint.prev.pt" not in err
+    ckpt = load_checkpoint(folder)
+    assert ckpt["step"] == 1 and all_finite(ckpt)
+    assert not (folder / "checkpoint.prev.pt").exists()
+    assert train_vit.main(argv) == 0  # the same command with a lower lr resumes from step 1
+    assert "resuming at step 1" in capsys.readouterr().out
+    assert load_checkpoint(folder)["step"] == STEPS and all_finite(load_checkpoint(folder))
+
+
+def test_previous_checkpoint_kept_and_nan_eval_logged_as_null(data, reference, tmp_path, capsys):
+    """checkpoint.prev.pt keeps the checkpoint before the latest; a NaN eval loss (lr=1e38
+    from step 4 on) is logged as null with a flag, stops the run before its checkpoint, and
+    the error names both files; going back to checkpoint.prev.pt as it says ends
+    bit-identical to the unbroken reference run."""
+    folder = tmp_path / "prev"
+    assert train_vit.main(args(data, folder, "--training.max_steps=4",
+                               "--logging.checkpoint_every=2")) == 0
+    assert (checkpoints.step_of(folder / "checkpoint.pt"),
+            checkpoints.step_of(folder / "checkpoint.prev.pt")) == (4, 2)
+    capsys.readouterr()
+    argv = args(data, folder, "--optimizer.lr=1e38", "--logging.log_every=100")
+    assert train_vit.main(argv) == train_vit.EXIT_NONFINITE
+    err = capsys.readouterr().err
+    current, previous = folder / "checkpoint.pt", folder / "checkpoint.prev.pt"
+    assert "non-finite eval loss at step 5 (minival_loss" in err
+    assert f"The last good state is {current} (step 4)" in err
+    assert "or with --training.precision=fp32" in err  # a bf16 run
+    assert f"{previous} holds step 2; to resume from there instead: mv {previous} {current}" in err
+    assert all_finite(torch.load(current, weights_only=True))
+    assert all_finite(torch.load(previous, weights_only=True))
+    log = strict_log(folder)
+    nan_eval = [r for r in log if r["step"] == 5 and "minival_loss" in r][0]
+    assert nan_eval["minival_loss"] is None and "minival_loss" in nan_eval["nonfinite"]
+    os.replace(previous, current)  # the mv the error gives
+    assert train_vit.main(args(data, folder)) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert_same_state(load_checkpoint(folder), load_checkpoint(reference))
+    assert checkpoints.step_of(folder / "checkpoint.prev.pt") == 10
+
+
+def _cut(path, keep):
+    content = path.read_bytes()
+    path.write_bytes(content[:keep(len(content))])
+
+
+@pytest.mark.parametrize("case", ["half_beton", "beton_without_last_kb", "empty_beton",
+                                  "half_checkpoint", "empty_checkpoint", "empty_checkpoint_alone",
+                                  "other_model", "overflowing_checkpoint"])
+def test_unusable_files_are_named_before_training(case, data, reference, tmp_path, capsys):
+    """A cut-short or empty .beton or checkpoint.pt, a checkpoint of another model, or one
+    whose finite weights overflow (as the previous code could write): a configuration error
+    naming the file (or setting) and what to do, before any training step."""
+    folder = tmp_path / "run"
+    extra = []
+    if case.endswith("beton") or "beton_" in case:
+        beton = tmp_path / "train.beton"
+        beton.write_bytes(data["train"].read_bytes())
+        (tmp_path / "train.beton.json").write_bytes(Path(f"{data['train']}.json").read_bytes())
+        _cut(beton, {"half_beton": lambda n: n // 2, "beton_without_last_kb": lambda n: n - 1024,
+                     "empty_beton": lambda n: 0}[case])
+        extra = [f"--data.train_dataset={beton}"]
+        message = [f"data.train_dataset: {beton}: ", "Convert it again with write_ffcv.py"]
+        message += ["too short for an FFCV header"] if case == "empty_beton" else ["cut short"]
+    else:
+        folder.mkdir()
+        for name in ("checkpoint.pt", "checkpoint.prev.pt"):
+            if case != "empty_checkpoint_alone" or name == "checkpoint.pt":
+                (folder / name).write_bytes((reference / name).read_bytes())
+        current = folder / "checkpoint.pt"
+        if case == "overflowing_checkpoint":  # weights of 3e37: finite, NaN in the first layer
+            ckpt = torch.load(reference / "checkpoint.prev.pt", weights_only=True)
+            ckpt["model"]["embedding.weight"].fill_(3e37)
+            torch.save(ckpt, current)
+            message = [f"{current} (step 10) cannot be resumed: non-finite values in the model's "
+                       f"outputs on a training batch", "holds the checkpoint before it (step 10)"]
+        elif case == "other_model":
+            extra = ["--model.variant=pico/8"]
+            message = [f"{current} was written for another model: model.variant='mu/8' there, "
+                       f"'pico/8' here", "--model.variant=mu/8", "another logging.folder"]
+        else:
+            _cut(current, (lambda n: n // 2) if case == "half_checkpoint" else (lambda n: 0))
+            message = [f"{current} is not a readable checkpoint"]
+            message += ([f"move {current} away to start the run over"] if case.endswith("alone")
+                        else [f"{folder / 'checkpoint.prev.pt'} holds the checkpoint before it "
+                              f"(step 10): `mv {folder / 'checkpoint.prev.pt'} {current}`"])
+    before = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    if case == "overflowing_checkpoint":  # found on the first batch, after the log was set up
+        before = sorted(before + ["config.json", "log.jsonl"])
+    assert train_vit.main(args(data, folder, *extra, evals=False)) == train_vit.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert "configuration error" in err and all(m in err for m in message), err
+    assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else []) == before
+
+
+def test_settings_bounded_and_no_prefix_matching(data, tmp_path, capsys):
+    """Every float setting is finite and bounded by what float32 holds; a flag is never
+    taken for a longer one it is the prefix of, and a typo gets a "did you mean"."""
+    folder = tmp_path / "bad"
+    cases = {
+        "--optimizer.lr=1e39": "optimizer.lr: got '1e39', expected a float and between 0 and "
+                               "3.40282e+38",
+        "--optimizer.eps=nan": "optimizer.eps: got 'nan', expected a float",
+        "--optimizer.beta2=1": "optimizer.beta2: got '1', expected a float and between 0 and 1 "
+                               "(1 excluded)",
+        "--training.epochs=inf": "training.epochs: got 'inf'",
+        "--training.max_step=3": "--training.max_step=3 (did you mean --training.max_steps?)",
+        "--trainig.epochs=3": "--trainig.epochs=3 (did you mean --training.epochs?)",
+    }
+    for flag, message in cases.items():
+        assert train_vit.main(args(data, folder, flag, evals=False)) == train_vit.EXIT_CONFIG
+        err = capsys.readouterr().err
+        assert "configuration error" in err and message in err, (flag, err)
+    assert not folder.exists()
+    assert train_vit.parse_config(args(data, folder, "--optimizer.lr=1e38"))["optimizer.lr"] == 1e38
+
+
+@pytest.fixture(scope="module")
+def short_run(data, tmp_path_factory):
+    """A 4-step run with lr=0 (the loss stays ln(4)) and the progress bar on; its folder and
+    everything it printed. The warmup (5 steps) outlasts it; STUCK_STEPS is lowered to 3."""
+    import contextlib
+    import io
+    folder = tmp_path_factory.mktemp("short")
+    out, err = io.StringIO(), io.StringIO()
+    stuck, train_vit.STUCK_STEPS = train_vit.STUCK_STEPS, 3
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = train_vit.main(args(data, folder, "--optimizer.lr=0", "--training.max_steps=4",
+                                       "--logging.progress=1", evals=False))
+    finally:
+        train_vit.STUCK_STEPS = stuck
+    assert code == 0, err.getvalue()
+    return folder, out.getvalue() + err.getvalue()
+
+
+def test_warns_when_the_run_ends_inside_the_warmup(short_run):
+    _, text = short_run
+    assert ("warning: this run ends at step 4 (training.max_steps=4), before its warmup of "
+            "optimizer.warmup_steps=5 steps does") in text
+
+
+def test_stuck_loss_shows_in_the_progress_bar(short_run):
+    _, text = short_run
+    assert "loss=1.3863=ln(4)" in text  # the bar's postfix
+    assert "warning: the training loss is still ln(4) = 1.3863 at step 3" in text
+    assert text.count("is still ln(4)") == 1
+
+
+def test_short_run_summary_reads_well_and_epochs_agree(short_run):
+    folder, text = short_run
+    summary_line = next(line for line in text.splitlines() if "TPUv3-8 reference" in line)
+    assert "0:00:00" not in summary_line and "e+" not in summary_line
+    assert re.search(r"take it \d+\.\d\d s \(300-ep pace: under \d+\.\d\d s\)", summary_line)
+    assert re.search(r"\(([\d,]+|\d+\.\d+)x the reference's time\)", summary_line)
+    summary = json.loads((folder / "summary.json").read_text())
+    last = [r for r in strict_log(folder) if "train_loss" in r][-1]
+    assert last["epoch"] == summary["epochs_run"] == 4 * BATCH / 86
+    assert report.duration(0.043) == "0.04 s" and report.duration(3725) == "1:02:05"
+    assert report.ratio(1110.4) == "1,110x" and report.ratio(0.5) == "0.5x"
+
+
+def test_help_is_plain_text_with_real_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        train_vit.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "qqqq" not in out  # no terminal line-drawing codes
+    for line in ("--data.train_dataset (required)", "--data.minival_dataset=''",
+                 "--optimizer.lr=0.001", "--optimizer.eps=1e-08", "--data.real=false",
+                 "--training.max_steps=0", "--logging.folder (required)"):
+        assert line in out, line
+    assert "None" not in out and "Requried" not in out

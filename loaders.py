@@ -1,0 +1,176 @@
+"""FFCV plumbing of train_vit.py: the input files checked before anything is built, the
+train order that resumes mid-epoch, loader threads that fail loudly instead of hanging,
+and the host kept one batch ahead of the GPU."""
+import queue
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastargs.decorators import param
+from ffcv.loader.epoch_iterator import EpochIterator
+from ffcv.traversal_order.base import TraversalOrder
+from torch.utils.data import DistributedSampler
+
+from cli import ConfigError
+from write_ffcv import ConversionError, check_beton, read_sidecar
+
+# Every ffcv Loader jits its own numba dispatchers of the same functions (ffcv's imdecode...).
+# When an old one is garbage-collected while a new Loader compiles in its thread, numba 0.68
+# raises KeyError there. Loaders made in this process therefore live as long as it does
+# (one run = a few loaders; it matters when main() runs several times, as in the tests).
+LOADERS = []
+
+
+def _loader_thread_died(args, default_hook=threading.excepthook):
+    """threading.excepthook: an ffcv epoch thread that raises never puts its end marker,
+    so its consumer would wait forever. Mark it failed and wake the consumer."""
+    default_hook(args)
+    if isinstance(args.thread, EpochIterator):
+        args.thread.failed = args.exc_value
+        args.thread.output_queue.put(None)
+
+
+threading.excepthook = _loader_thread_died
+
+
+def raise_if_failed(epoch_iterator):
+    """Call when an ffcv epoch ended: raises if it ended because its thread died."""
+    if getattr(epoch_iterator, "failed", None) is not None:
+        raise RuntimeError("the ffcv loader thread failed (traceback above)") \
+            from epoch_iterator.failed
+
+
+def epoch_batches(loader):
+    """One epoch of an ffcv loader, raising if its thread died instead of ending early."""
+    epoch_iterator = iter(loader)
+    yield from epoch_iterator
+    raise_if_failed(epoch_iterator)
+
+
+def stop_iterator(batches):
+    """End an ffcv epoch iterator left mid-epoch: its thread may block on a full queue."""
+    batches.close()
+    while batches.is_alive():
+        try:
+            batches.output_queue.get(timeout=0.05)
+        except queue.Empty:
+            pass
+    batches.join()
+
+
+class HostLead:
+    """Keeps the host at most one batch ahead of the GPU, so FFCV may reuse its buffers.
+
+    FFCV 1.0.2 decodes each batch into one of batches_ahead + 2 pinned host buffers and
+    copies it to the GPU asynchronously; before it decodes into a buffer again it waits
+    only on the GPU side. With a step that queues its kernels without a host sync (ours),
+    a host running ahead of a slow GPU would overwrite a buffer whose copy has not yet
+    run, and the GPU would train on a later batch's pixels. Call wait() before taking a
+    batch and mark() right after: the host then takes batch k + 1 only once the GPU has
+    reached batch k (its copy done, step k - 1 finished). A no-op off CUDA.
+    """
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.event = None
+
+    def wait(self):
+        if self.event is not None:
+            self.event.synchronize()
+
+    def mark(self):
+        if self.cuda:
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def paced(self, batches):
+        """Yield from an ffcv epoch iterator with wait()/mark() around each batch."""
+        while True:
+            self.wait()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.mark()
+            yield batch
+
+
+class ResumableOrder(TraversalOrder):
+    """ffcv's RANDOM order in distributed mode (DistributedSampler, shuffle, padded to the
+    world size; seed + epoch), cut to whole batches (ffcv 1.0.2 ignores drop_last). A resumed
+    epoch starts later through rand_augment.epoch_iterator, which skips batches without
+    decoding them. ffcv builds a custom order by calling it with the Loader. The rank and
+    world size are explicit, so one process needs no process group."""
+
+    def __init__(self, rank, world_size):
+        self.rank, self.world_size = rank, world_size
+
+    def __call__(self, loader):
+        TraversalOrder.__init__(self, loader)
+        return self
+
+    def sample_order(self, epoch):
+        sampler = DistributedSampler(self.indices, num_replicas=self.world_size, rank=self.rank,
+                                     shuffle=True, seed=self.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        order = self.indices[np.fromiter(iter(sampler), dtype=np.int64)]
+        batch = self.loader.batch_size
+        return order[:len(order) // batch * batch]
+
+
+@param("data.train_dataset")
+@param("data.minival_dataset")
+@param("data.val_dataset")
+@param("data.real")
+@param("data.v2_dataset")
+def check_dataset_files(world_size, train_dataset, minival_dataset, val_dataset, real, v2_dataset,
+                        warn=True):
+    """Every input exists, is a whole .beton, has its sidecar, and all splits share one class
+    list; warns (if warn) of sets not stored as the reference's pixels. Returns
+    {split: (path, sidecar)}."""
+    sidecars = {}
+    for name, path in (("train", train_dataset), ("minival", minival_dataset),
+                       ("val", val_dataset), ("v2", v2_dataset)):
+        if not path:
+            continue
+        if not Path(path).is_file():
+            raise ConfigError(f"data.{name}_dataset: {path} does not exist. Convert the "
+                              f"split with write_ffcv.py, or set data.{name}_dataset='' "
+                              f"to skip it")
+        try:
+            sidecars[name] = (path, read_sidecar(path))
+            samples = check_beton(path)
+        except (ConversionError, ValueError) as e:
+            raise ConfigError(f"data.{name}_dataset: {e}") from None
+        if samples != sidecars[name][1]["num_images"]:
+            raise ConfigError(f"data.{name}_dataset: {path} holds {samples:,} images, its "
+                              f"sidecar {path}.json says {sidecars[name][1]['num_images']:,}: "
+                              f"they come from different conversions. Convert it again.")
+    classes = sidecars["train"][1]["classes"]
+    for name, (path, meta) in sidecars.items():
+        if meta["classes"] != classes and meta["classes"] == [str(i) for i in range(len(classes))]:
+            raise ConfigError(f"{path} names its classes 0..{len(classes) - 1}: convert it "
+                              f"again with write_ffcv.py --cfg.classes_from={train_dataset} "
+                              f"so that it carries the train set's class names")
+        if meta["classes"] != classes:
+            diff = sorted(set(meta["classes"]) ^ set(classes))[:5]
+            raise ConfigError(
+                f"{path} has {len(meta['classes'])} classes, {train_dataset} has "
+                f"{len(classes)}, or they are in another order (first differences: {diff}). "
+                f"Convert every split from the same class folders with write_ffcv.py.")
+        if meta["num_images"] < world_size:
+            raise ConfigError(f"{path} holds {meta['num_images']} images, fewer than the "
+                              f"{world_size} ranks")
+    if real and not (val_dataset and sidecars["val"][1].get("has_real")):
+        raise ConfigError(f"data.real=true needs data.val_dataset written with ReaL labels "
+                          f"(write_ffcv.py --cfg.split=val --cfg.real_labels=real.json); "
+                          f"{val_dataset or 'no val set'} has none. Or set data.real=false")
+    for name, (path, meta) in sidecars.items():
+        if not meta.get("faithful") and warn:
+            opts = meta.get("settings", {})
+            print(f"warning: {path} is stored write_mode={opts.get('write_mode')}, "
+                  f"max_resolution={opts.get('max_resolution')}: its {name} pixels differ "
+                  f"from the reference's (write_ffcv.py's default, original, is faithful)",
+                  file=sys.stderr)
+    return sidecars
