@@ -28,7 +28,6 @@ and hidden or non-image files are skipped. Nothing appears at write_path unless 
 conversion finished.
 """
 import _thread
-import argparse
 import hashlib
 import json
 import math
@@ -49,14 +48,10 @@ from PIL import Image
 REAL_MAX = 16          # longest ReaL label set we store ('real' field, padded with -1)
 SPLITS = ('train', 'minival', 'val', 'v2')
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
-# Storage defaults: the reference's own bytes for every split (see the module docstring);
+# Storage defaults, every split: the reference's own bytes (see the module docstring);
 # jpeg_quality and compress_probability only matter for the jpg/proportion options.
-DEFAULTS = {
-    'train': dict(max_resolution=None, write_mode='original', jpeg_quality=95,
-                  compress_probability=0.5, chunk_size=100),
-    'eval': dict(max_resolution=None, write_mode='original', jpeg_quality=95,
-                 compress_probability=0.5, chunk_size=100),
-}
+DEFAULTS = dict(max_resolution=None, write_mode='original', jpeg_quality=95,
+                compress_probability=0.5, chunk_size=100)
 FAITHFUL = dict(write_mode='original', max_resolution=None)
 JPEG_SOI = b'\xff\xd8'
 CONVERTED_RAW, CONVERTED_JPEG = 1, 2   # ImageSet.converted codes (0: stored as given)
@@ -77,20 +72,21 @@ def declare_options():
         classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
                            ' gives wnids instead of "0".."999"', default=''),
         max_resolution=Param(And(int, InRange(16, 65535)), 'raw/jpg/proportion only: longest '
-                             'side stored, larger images area-downscaled (default: no cap)',
+                             'side stored, larger images area-downscaled; None = no cap',
                              default=None),
         write_mode=Param(And(str, OneOf(['original', 'raw', 'jpg', 'proportion'])),
                          "original = each JPEG's own bytes (the reference's input; default); "
                          'raw pixels, JPEG re-encode, or JPEG with compress_probability are '
-                         'speed/size options that change the pixels', default=None),
-        jpeg_quality=Param(And(int, InRange(1, 100)), 'JPEG quality (default 95)',
-                           default=None),
+                         'speed/size options that change the pixels',
+                         default=DEFAULTS['write_mode']),
+        jpeg_quality=Param(And(int, InRange(1, 100)), 'jpg/proportion: JPEG quality',
+                           default=DEFAULTS['jpeg_quality']),
         compress_probability=Param(And(float, InRange(0, 1)), 'share of JPEG images in'
-                                   ' proportion mode (default 0.5)', default=None),
+                                   ' proportion mode', default=DEFAULTS['compress_probability']),
         num_workers=Param(And(int, InRange(0, 1024)), 'writer processes, 0 = all cores',
                           default=0),
-        chunk_size=Param(And(int, InRange(1, 100000)), 'images per work item (default 100)',
-                         default=None),
+        chunk_size=Param(And(int, InRange(1, 100000)), 'images per work item',
+                         default=DEFAULTS['chunk_size']),
         minival_fraction=Param(And(float, InRange(0, 0.5)), 'share of each class held out as'
                                ' minival', default=0.01),
         seed=Param(int, 'seed of the minival draw and of the proportion-mode coin', default=0),
@@ -503,15 +499,14 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
             chunk_size=None, minival_fraction=0.01, seed=0, skip_bad=False, overwrite=False,
             progress=True):
     """Write `split` of `data_dir` to `write_path` (+ sidecar); returns the sidecar dict.
-    Options left None take the train or eval default from DEFAULTS."""
+    Storage options left None take their DEFAULTS."""
     if split not in SPLITS:
         raise ConversionError(f'split={split!r}: choose one of {", ".join(SPLITS)}.')
     if real_labels and split != 'val':
         raise ConversionError(f'real_labels={real_labels}: ReaL labels exist for split=val only.')
     given = dict(max_resolution=max_resolution, write_mode=write_mode, jpeg_quality=jpeg_quality,
                  compress_probability=compress_probability, chunk_size=chunk_size)
-    opts = {k: v if v is not None else DEFAULTS['train' if split == 'train' else 'eval'][k]
-            for k, v in given.items()}
+    opts = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
     if opts['write_mode'] == 'original' and opts['max_resolution'] is not None:
         raise ConversionError(f'max_resolution={max_resolution}: write_mode=original stores '
                               f'the files unchanged; a resolution cap needs write_mode raw, '
@@ -583,22 +578,17 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     return meta
 
 
-def main():
+def main(argv=None):
+    import cli
     declare_options()
-    config = get_current_config()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.augment_argparse(parser)
-    config.collect_argparse_args(parser)
-    errors = config.validate(mode='errordict')
-    if errors:  # fastargs' own 'stderr' mode exits with status 0
-        for path, err in errors.items():
-            print(f'--{".".join(path)}: {config.entries[path].checker.help()} '
-                  f'({"required" if type(err).__name__ == "MissingValueError" else "invalid"})',
-                  file=sys.stderr)
+    try:
+        config = cli.parse(argv, ('cfg',), __doc__, 'write_ffcv.py')
+    except cli.ConfigError as err:
+        print(f'write_ffcv.py: {err}', file=sys.stderr)
         sys.exit(2)
-    config.summary()
     options = {path[-1]: config[path] for path in config.entries if path[0] == 'cfg'}
+    print('write_ffcv.py ' + ' '.join(f'--cfg.{k}={v}' for k, v in options.items()
+                                      if v not in (None, '')), flush=True)
     signal.signal(signal.SIGTERM, _on_sigterm)
     signal.signal(signal.SIGINT, _on_sigterm)
     try:

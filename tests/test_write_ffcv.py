@@ -420,8 +420,9 @@ def run_cli(*args):
 
 def test_cli_help_names_every_option():
     result = run_cli('--help')
-    assert result.returncode == 0
-    for name in write_ffcv.DEFAULTS['train'].keys() | {'data_dir', 'write_path', 'split',
+    assert result.returncode == 0 and '\x1b' not in result.stdout and '(0' not in result.stdout
+    assert '--cfg.write_mode=None' not in result.stdout or 'original' in result.stdout
+    for name in write_ffcv.DEFAULTS.keys() | {'data_dir', 'write_path', 'split',
                                                        'real_labels', 'classes_from', 'seed',
                                                        'skip_bad', 'overwrite', 'num_workers'}:
         assert f'cfg.{name}' in result.stdout, name
@@ -452,7 +453,9 @@ def test_cli_converts_and_reports(data, betons, tmp_path):
                      '--cfg.split=val')
     assert result.returncode != 0 and '/nonexistent: no such directory' in result.stderr
     result = run_cli('--cfg.data_dir=x', '--cfg.write_path=y', '--cfg.split=test')
-    assert result.returncode == 2 and '--cfg.split' in result.stderr
+    assert result.returncode == 2 and "cfg.split: got 'test'" in result.stderr
+    result = run_cli('--cfg.splt=val')
+    assert result.returncode == 2 and 'did you mean --cfg.split?' in result.stderr
 
 
 def test_sigterm_leaves_no_temporary_and_stale_ones_are_cleaned(photos, tmp_path):
