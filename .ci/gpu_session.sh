@@ -25,6 +25,9 @@ setup() {
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv
   lscpu | grep -E "^CPU\(s\)|Thread|Core\(s\)|Socket|Model name"
   $PY .whl/smoke_test.py > "$LOGS/smoke.log" 2>&1; tail -n 2 "$LOGS/smoke.log"
+  # our own compiled helper, carried in build/ with the libjpeg it links (make jpeg-bundle)
+  ldd build/libjpeg_window.so | grep -E "jpeg|not found"
+  $PY -c "import jpeg_window as j, numpy as np; print('jpeg_window OK', j.LIBRARY)" || exit 1
 }
 
 step() {
@@ -64,7 +67,7 @@ data() {
 
 loader() {
   say "loader (issue 10, item 2)"
-  for w in 16 8; do
+  for w in ${LOADER_WORKERS:-16 8}; do
     $PY benchmark.py loader --beton "$WORK/train.beton" --batch-size 128 --workers $w \
         --batches 30 2>&1 | grep RESULT
   done | tee "$LOGS/loader.log"
@@ -79,7 +82,32 @@ train_cmd() {  # a short real run of the recipe: one torchrun process, nccl, com
     --data.real=0 --training.batch_size=128 --eval.batch_size=128 \
     --training.max_steps="$STEPS" --optimizer.warmup_steps=50 --eval.every=100 \
     --logging.checkpoint_every=100 --logging.log_every=25 --logging.progress=0 \
-    --logging.folder="$1"
+    --logging.folder="$1" "${@:2}"
+}
+
+variants() {  # "compile_mode:workers" runs of the trainer, same data and seed; losses compared
+  rm -rf "$WORK"/v_*
+  for v in ${VARIANTS:-default:16 reduce-overhead:16 reduce-overhead:15}; do
+    mode=${v%%:*} workers=${v##*:}
+    say "train $TRAIN_BETON compile_mode=$mode num_workers=$workers"
+    export -f train_cmd; export PY WORK TRAIN_BETON STEPS
+    TORCH_LOGS=recompiles timeout 150 bash -c 'train_cmd "$@"' _ "$WORK/v_$v" \
+      --training.compile_mode="$mode" --data.num_workers="$workers" > "$LOGS/variant_$v.log" 2>&1
+    echo "exit $?; recompile messages: $(grep -c 'Recompiling' "$LOGS/variant_$v.log")"
+    grep -A4 "== summary" "$LOGS/variant_$v.log" | grep -E "speed|MFU"
+  done
+  $PY - "$WORK"/v_* <<'EOF' | tee "$LOGS/variants.log"
+import json, sys
+from pathlib import Path
+runs = {Path(p).name[2:]: {r["step"]: r for r in map(json.loads, open(Path(p) / "log.jsonl"))
+                           if "train_loss" in r} for p in sys.argv[1:]}
+names = list(runs)
+print("step " + " ".join(f"{n:>22}" for n in names) + "   (loss, data_wait, gpu_wait, img/s)")
+for s in sorted(runs[names[0]]):
+    print(f"{s:4d} " + " ".join(
+        f"{runs[n][s]['train_loss']:.5f} {runs[n][s]['data_wait']:3.0%} {runs[n][s]['gpu_wait']:3.0%} "
+        f"{runs[n][s]['img_per_s']:5.0f}" if s in runs[n] else " " * 22 for n in names))
+EOF
 }
 
 train() {
