@@ -162,6 +162,28 @@ class AugmentClock:
                 f"batches={self.batches})")
 
 
+def _declare_os_cache_pages_readonly():
+    """FFCV 1.0.2's OSCacheManager marks its pages readonly by setting `mutable = False` on
+    numba's interned array(uint8, 1d, C) type itself, changing the hash of an object that
+    numba's dispatchers already use as a dict key: a later compile then loops forever in
+    the corrupted dict (or raises KeyError). Same reader, with a readonly type of its own."""
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    pages = types.Array(types.uint8, 1, 'C', readonly=True)
+    state = types.Tuple([pages, types.uint64[::1], types.uint64[::1]])
+
+    def compile_reader(self):
+        def read(address, mem_state):
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+        return Compiler.compile(read, pages(types.uint64, state))
+
+    OSCacheManager.state_type = property(lambda self: state)
+    OSCacheManager.compile_reader = compile_reader
+
+
+_declare_os_cache_pages_readonly()
+
+
 class _EpochOrder:
     """A TraversalOrder wrapper for the next epoch only (FFCV 1.0.2 Loader internals): drops
     the first `skip` samples (resume) and, with drop_last, the final partial batch, which

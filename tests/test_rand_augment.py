@@ -345,3 +345,19 @@ def test_mixing_on_the_device_gives_the_same_numbers(runs):
         assert xd.shape == (BS, 3, RES, RES) and xd.dtype == np.float32
         assert np.array_equal(xd, x.transpose(0, 3, 1, 2)) and np.array_equal(yd, y)
     assert runs["device"]["clock"].batches == (N // BS, N // BS)
+
+
+def test_loaders_leave_numbas_interned_array_types_alone(beton):
+    """FFCV 1.0.2 would set mutable=False on numba's shared array(uint8, 1d, C) type when a
+    Loader compiles its reader (rand_augment replaces that reader): the type object's hash
+    would change under the dispatchers that use it as a key."""
+    from numba import types
+    from ffcv.loader import Loader, OrderOption
+    u8 = types.uint8[::1]
+    assert u8.mutable
+    clock = ra.AugmentClock(SEED)
+    loader = Loader(beton, batch_size=BS, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines=ra.train_pipelines(clock, res=RES, randaug=None,
+                                                 mixup_alpha=0.0, num_classes=NUM_CLASSES))
+    assert len(_epoch(loader, clock, 0)) == N // BS
+    assert u8.mutable and types.uint8[::1] is u8
