@@ -30,8 +30,10 @@ Normalise + mixup can also run on the GPU after ToDevice (train_pipelines(...,
 mix_on_device=True) + device_tail(...)): the same float32 numbers, a quarter of the
 host-to-device bytes, and about 50 us less CPU per 224 px image.
 
-Accepted difference from the reference: the crop is resized with FFCV's resize (OpenCV
-INTER_AREA) instead of TF's bilinear resize.
+The crop sampler and the resize are TF's own arithmetic (tf_image.py, checked bit for bit
+against TF's outputs); the decode is a full JPEG decode sliced to the crop, which differs
+from the reference's cropped decode in the window's edge columns of subsampled-chroma
+JPEGs (RECIPE.md, step 0). EvalDecoder (from tf_image) is the eval preprocessing.
 
 CLI: `python rand_augment.py --beton X --out grid.png` writes a grid of augmented
 samples (`python benchmark.py loader --beton X` times the loader).
@@ -48,18 +50,19 @@ from numba.extending import intrinsic
 
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode, resize_crop
+from ffcv.libffcv import imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
 from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
+from tf_image import EvalDecoder, crop_aspect, generate_random_crop, resize_bilinear  # noqa: F401
 
 __all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip",
            "RandAugment", "NormalizeMixup", "DeviceNormalizeMixup", "device_tail",
            "LabelMixup", "Normalize", "train_pipelines", "apply_op", "sample_crop",
            "sample_crops", "flip_draw", "randaug_draws", "mixup_coefficient", "value_range",
-           "OP_NAMES"]
+           "OP_NAMES", "EvalDecoder"]
 
 # Stream ids: each random decision gets its own stream so that no two ops share draws.
 _CROP, _FLIP, _RANDAUG, _MIXUP = 1, 2, 3, 4
@@ -162,6 +165,28 @@ class AugmentClock:
                 f"batches={self.batches})")
 
 
+def _declare_os_cache_pages_readonly():
+    """FFCV 1.0.2's OSCacheManager marks its pages readonly by setting `mutable = False` on
+    numba's interned array(uint8, 1d, C) type itself, changing the hash of an object that
+    numba's dispatchers already use as a dict key: a later compile then loops forever in
+    the corrupted dict (or raises KeyError). Same reader, with a readonly type of its own."""
+    from ffcv.memory_managers.os_cache import OSCacheManager
+    pages = types.Array(types.uint8, 1, 'C', readonly=True)
+    state = types.Tuple([pages, types.uint64[::1], types.uint64[::1]])
+
+    def compile_reader(self):
+        def read(address, mem_state):
+            size = mem_state[2][np.searchsorted(mem_state[1], address)]
+            return mem_state[0][address:address + size]
+        return Compiler.compile(read, pages(types.uint64, state))
+
+    OSCacheManager.state_type = property(lambda self: state)
+    OSCacheManager.compile_reader = compile_reader
+
+
+_declare_os_cache_pages_readonly()
+
+
 class _EpochOrder:
     """A TraversalOrder wrapper for the next epoch only (FFCV 1.0.2 Loader internals): drops
     the first `skip` samples (resume) and, with drop_last, the final partial batch, which
@@ -206,30 +231,29 @@ def epoch_iterator(loader, clock, epoch, first_batch=0):
 # ---------------------------------------------------------------------------------------
 # Inception crop.
 # ---------------------------------------------------------------------------------------
-@njit(cache=True, nogil=True, fastmath=False, error_model="python")
+@njit(nogil=True, fastmath=False, error_model="python")
 def sample_crop(seed, epoch, index, height, width, area_lo, area_hi, aspect_lo, aspect_hi,
                 attempts):
-    """(y, x, h, w) of the reference's inception crop for one sample.
-
-    Each attempt draws an area fraction ~ U(area_lo, area_hi) and an aspect ratio
-    w/h ~ U(aspect_lo, aspect_hi) (uniform, not log-uniform); the first box that fits is
-    placed at uniform offsets. If no attempt fits, the whole image.
+    """(y, x, h, w) of the reference's inception crop for one sample: TF's
+    sample_distorted_bounding_box (RECIPE.md, "Train preprocessing" 1) fed by this
+    sample's crop stream. Per attempt an aspect w/h ~ U(aspect_lo, aspect_hi), then a
+    uniform HEIGHT (so area density ~ 1/sqrt(area)), offsets uniform in [0, H - h - 1]
+    (tf_image.generate_random_crop); whole image if no attempt fits. Not cached on disk:
+    numba's cache would miss changes to tf_image.py.
     """
     key = draw_key(seed, epoch, index, _CROP)
-    total = np.float64(height) * np.float64(width)
     for t in range(attempts):
-        area = total * (area_lo + (area_hi - area_lo) * uniform(key, 4 * t))
-        aspect = aspect_lo + (aspect_hi - aspect_lo) * uniform(key, 4 * t + 1)
-        w = np.int64(np.floor(np.sqrt(area * aspect) + 0.5))
-        h = np.int64(np.floor(np.sqrt(area / aspect) + 0.5))
-        if 0 < w <= width and 0 < h <= height:
-            y = np.int64(uniform(key, 4 * t + 2) * (height - h + 1))
-            x = np.int64(uniform(key, 4 * t + 3) * (width - w + 1))
+        aspect = crop_aspect(uniform(key, 4 * t), aspect_lo, aspect_hi)
+        ok, y, x, h, w = generate_random_crop(height, width, area_lo, area_hi, aspect,
+                                              uniform(key, 4 * t + 1),
+                                              uniform(key, 4 * t + 2),
+                                              uniform(key, 4 * t + 3))
+        if ok:
             return y, x, h, w
     return np.int64(0), np.int64(0), np.int64(height), np.int64(width)
 
 
-@njit(cache=True, nogil=True, fastmath=False, error_model="python")
+@njit(nogil=True, fastmath=False, error_model="python")
 def sample_crops(seed, epoch, indices, height, width, area_lo=0.05, area_hi=1.0,
                  aspect_lo=0.75, aspect_hi=1.33, attempts=100):
     """int64[len(indices), 4] of (y, x, h, w): many crops at once, for tests."""
@@ -247,8 +271,10 @@ def sample_crops(seed, epoch, indices, height, width, area_lo=0.05, area_hi=1.0,
 class InceptionCropDecoder(ResizedCropRGBImageDecoder):
     """Decode an RGBImageField, take the reference's inception crop, resize to output_size.
 
-    Like FFCV's RandomResizedCropRGBImageDecoder (same decode and resize), but with the
-    reference's sampling and draws that depend only on (seed, epoch, sample index).
+    The crop is TF's sample_distorted_bounding_box with draws that depend only on (seed,
+    epoch, sample index) (`sample_crop`); the resize is TF's bilinear one, half-pixel
+    centres, clipped and truncated to uint8 (`tf_image.resize_bilinear`), as big_vision's
+    decode_jpeg_and_inception_crop(224). If no attempt fits, the whole image is resized.
     """
 
     def __init__(self, clock, output_size=224, area=(0.05, 1.0), aspect=(0.75, 1.33),
@@ -268,15 +294,32 @@ class InceptionCropDecoder(ResizedCropRGBImageDecoder):
     def get_crop_generator(self):
         return sample_crop
 
-    def generate_code(self):
+    def window_decoder(self):
+        """The decode step, compiled per Loader, apart so that a decoder of the window
+        alone (RECIPE.md step 0) can replace it: f(image_data, mode, height, width, buffer,
+        y, x, h, w) -> (pixels, y0, x0), C-contiguous uint8 pixels holding the window at
+        (y0, x0). This one: full decode, FFCV's imdecode (TJFLAG_FASTDCT = JDCT_IFAST)."""
         jpg = IMAGE_MODES['jpg']
-        mem_read = self.memory_read
-        my_range = Compiler.get_iterator()
         # A fresh dispatcher per Loader, as FFCV does: numba 0.68 cannot type a second
         # caller of one shared dispatcher of these ctypes wrappers (KeyError on its
         # Literal-typed overloads), and the Loader's thread then dies silently.
         imdecode_c = Compiler.compile(imdecode)
-        resize_crop_c = Compiler.compile(resize_crop)
+
+        def decode_window(image_data, mode, height, width, buffer, y, x, h, w):
+            if mode == jpg:
+                imdecode_c(image_data, buffer, height, width, height, width, 0, 0, 1, 1,
+                           False, False)
+                pixels = buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
+            else:
+                pixels = image_data.reshape(height, width, 3)
+            return pixels, y, x
+
+        return Compiler.compile(decode_window)
+
+    def generate_code(self):
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        decode_window = self.window_decoder()
         addr = self.clock.address
         area_lo, area_hi = self.area
         aspect_lo, aspect_hi = self.aspect
@@ -293,17 +336,11 @@ class InceptionCropDecoder(ResizedCropRGBImageDecoder):
                 image_data = mem_read(field['data_ptr'], storage_state)
                 height = np.uint32(field['height'])
                 width = np.uint32(field['width'])
-                if field['mode'] == jpg:
-                    temp_buffer = temp_storage[dst_ix]
-                    imdecode_c(image_data, temp_buffer, height, width, height, width,
-                               0, 0, 1, 1, False, False)
-                    temp_buffer = temp_buffer.reshape(-1)[:3 * height * width]
-                    temp_buffer = temp_buffer.reshape(height, width, 3)
-                else:
-                    temp_buffer = image_data.reshape(height, width, 3)
                 y, x, h, w = sample_crop(seed, epoch, source_ix, height, width, area_lo,
                                          area_hi, aspect_lo, aspect_hi, attempts)
-                resize_crop_c(temp_buffer, y, y + h, x, x + w, destination[dst_ix])
+                pixels, y0, x0 = decode_window(image_data, field['mode'], height, width,
+                                               temp_storage[dst_ix], y, x, h, w)
+                resize_bilinear(pixels, y0, x0, h, w, destination[dst_ix])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

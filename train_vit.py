@@ -48,7 +48,6 @@ from fastargs.decorators import param
 from fastargs.validation import And, InRange, OneOf
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.ndarray import NDArrayDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor
 from tqdm import tqdm
@@ -357,7 +356,8 @@ class Trainer:
     @param("model.img_size")
     @param("eval.crop_ratio")
     def create_eval_loaders(self, num_workers, in_memory, real, img_size, crop_ratio):
-        """Decode, centre crop (crop_ratio of the shorter side), resize, value_range(-1, 1).
+        """big_vision's decode|resize_small(round(img_size / crop_ratio))|central_crop(img_size)
+        |value_range(-1, 1) (256 and 224 by default), TF's area resize bit for bit.
         Each rank scores a disjoint strided shard (no padding), so the reduced top-1 is exact."""
         to_device = [ToTensor(), ToDevice(self.device, non_blocking=True)]
         self.eval_loaders = {}
@@ -367,7 +367,7 @@ class Trainer:
             path, meta = self.sidecars[name]
             with_real = name == "val" and real
             pipelines = {
-                "image": [CenterCropRGBImageDecoder((img_size, img_size), ratio=crop_ratio),
+                "image": [rand_augment.EvalDecoder(img_size, round(img_size / crop_ratio)),
                           rand_augment.Normalize(), *to_device],
                 "label": [IntDecoder(), *to_device],
                 "real": [NDArrayDecoder(), *to_device] if with_real else None}

@@ -29,32 +29,41 @@ AREA, ASPECT = (0.05, 1.0), (0.75, 1.33)
 
 
 # ---------------------------------------------------------------------------- samplers
-def test_crop_proposals_are_uniform_in_area_and_aspect():
-    # With area <= 0.5 every proposal fits a square image, so the accepted boxes are the
-    # first proposals: area fraction ~ U(0.05, 0.5), aspect w/h ~ U(0.75, 1.33).
-    size, n = 4000, 4000
-    crops = ra.sample_crops(SEED, 0, np.arange(n), size, size, 0.05, 0.5, *ASPECT, 100)
+def test_crop_heights_are_uniform_given_the_aspect():
+    # TF's sampler (tf_image.generate_random_crop) draws an aspect w/h ~ U(0.75, 1.33), then
+    # a HEIGHT uniform between those of the smallest and the largest area for that aspect.
+    # With area <= 0.5 every attempt fits a square image, so each box is a first attempt.
+    size, n, lo, hi = 4000, 4000, 0.05, 0.5
+    crops = ra.sample_crops(SEED, 0, np.arange(n), size, size, lo, hi, *ASPECT, 100)
     y, x, h, w = crops.T
-    area = h * w / size ** 2
     aspect = w / h
-    assert stats.kstest(area, stats.uniform(0.05, 0.45).cdf).pvalue > 1e-3
     assert stats.kstest(aspect, stats.uniform(0.75, 0.58).cdf).pvalue > 1e-3
-    # ... and not log-uniform (torchvision's RandomResizedCrop, FFCV's decoder)
-    loguni = stats.loguniform(0.75, 1.33).cdf
-    assert stats.kstest(aspect, loguni).pvalue < 1e-6
-    # offsets uniform over the valid range
-    assert stats.kstest(y / (size - h + 1), "uniform").pvalue > 1e-3
-    assert stats.kstest(x / (size - w + 1), "uniform").pvalue > 1e-3
-    assert (y >= 0).all() and (y + h <= size).all() and (x + w <= size).all()
+    # ... not log-uniform (torchvision's RandomResizedCrop, FFCV's decoder)
+    assert stats.kstest(aspect, stats.loguniform(0.75, 1.33).cdf).pvalue < 1e-6
+    h_lo, h_hi = np.sqrt(lo * size ** 2 / aspect), np.sqrt(hi * size ** 2 / aspect)
+    assert stats.kstest((h - h_lo) / (h_hi - h_lo), "uniform").pvalue > 1e-3
+    # ... so the area is not uniform: its density falls as 1 / sqrt(area)
+    area = h * w / size ** 2
+    assert stats.kstest(area, stats.uniform(lo, hi - lo).cdf).pvalue < 1e-6
+    assert area.mean() < (lo + hi) / 2 - 0.01
+    # offsets uniform over [0, size - h - 1] (TF's off-by-one)
+    assert stats.kstest(y / (size - h), "uniform").pvalue > 1e-3
+    assert stats.kstest(x / (size - w), "uniform").pvalue > 1e-3
+    assert (y >= 0).all() and (y + h < size).all() and (x + w < size).all()
 
 
 def _spec_crop(rng, height, width):
-    """The recipe's inception crop, written independently in numpy."""
+    """The recipe's inception crop (RECIPE.md step 1), written again in float64 numpy."""
     for _ in range(100):
-        area = rng.uniform(*AREA) * height * width
-        aspect = rng.uniform(*ASPECT)
-        w, h = int(round(np.sqrt(area * aspect))), int(round(np.sqrt(area / aspect)))
-        if 0 < w <= width and 0 < h <= height:
+        ar = rng.uniform(*ASPECT)
+        h = int(round(np.sqrt(AREA[0] * height * width / ar)))
+        hmax = int(round(np.sqrt(AREA[1] * height * width / ar)))
+        if round(hmax * ar) > width:
+            hmax = int((width + 0.5) / ar)
+        hmax = min(hmax, height)
+        h = hmax if h >= hmax else h + rng.integers(0, hmax - h + 1)
+        w = int(round(h * ar))
+        if AREA[0] * height * width <= w * h <= AREA[1] * height * width and w <= width:
             return h, w
     return height, width
 
@@ -243,11 +252,10 @@ def test_crop_and_flip_through_the_loader(runs, dataset):
         y, x, ch, cw = ra.sample_crop(SEED, 0, i, h, w, *AREA, *ASPECT, 100)
         if i == STRIP:
             assert (y, x, ch, cw) == (0, 0, h, w)
-        want = cv2.resize(img[y:y + ch, x:x + cw], (RES, RES), interpolation=cv2.INTER_AREA)
+        want = ra.resize_bilinear(img, y, x, ch, cw, np.empty((RES, RES, 3), np.uint8))
         if ra.flip_draw(SEED, 0, i, 0.5):
             want, flips = want[:, ::-1], flips + 1
-        diff = np.abs(want.astype(int) - got[i].astype(int))
-        assert diff.max() <= 1 and (diff == 0).mean() > 0.99, f"sample {i}"
+        assert np.array_equal(want, got[i]), f"sample {i}"
     assert 0 < flips < N
 
 
@@ -351,3 +359,19 @@ def test_mixing_on_the_device_gives_the_same_numbers(runs, device):
         assert xd.shape == (BS, 3, RES, RES) and xd.dtype == np.float32
         assert np.array_equal(xd, x.transpose(0, 3, 1, 2)) and np.array_equal(yd, y)
     assert runs[device]["clock"].batches == (N // BS, N // BS)
+
+
+def test_loaders_leave_numbas_interned_array_types_alone(beton):
+    """FFCV 1.0.2 would set mutable=False on numba's shared array(uint8, 1d, C) type when a
+    Loader compiles its reader (rand_augment replaces that reader): the type object's hash
+    would change under the dispatchers that use it as a key."""
+    from numba import types
+    from ffcv.loader import Loader, OrderOption
+    u8 = types.uint8[::1]
+    assert u8.mutable
+    clock = ra.AugmentClock(SEED)
+    loader = Loader(beton, batch_size=BS, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    pipelines=ra.train_pipelines(clock, res=RES, randaug=None,
+                                                 mixup_alpha=0.0, num_classes=NUM_CLASSES))
+    assert len(_epoch(loader, clock, 0)) == N // BS
+    assert u8.mutable and types.uint8[::1] is u8
