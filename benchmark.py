@@ -1,7 +1,8 @@
 """Speed benchmarks: what each part of training costs on this machine. Each command prints
 its figures last; README's speed table is made of their output and nothing else.
 
-  python benchmark.py loader --beton train.beton      # train loader: recipe vs decode+crop+flip
+  python benchmark.py loader --beton train.beton [--compare other.beton]   # the train loader,
+                                                      # stage by stage, per CPU-second
   python benchmark.py step --variant S/16 --batch-size 128   # fwd + bwd + AdamW on synthetic
                                                               # batches on the device, and MFU
   python benchmark.py full --config-file configs/vit_s16_90ep.yaml --steps 100 \\
@@ -236,12 +237,15 @@ def cmd_step(args):
 
 
 def bench_pipelines(clock, kind, res=224, num_classes=1000):
-    """Pipelines timed by bench_loader: 'full' = train_pipelines (decode, crop, flip,
-    RandAugment(2, 10), normalise + mixup, two-hot labels); 'device' = the CPU part of
-    train_pipelines(mix_on_device=True) (the same without normalise + mixup of the images,
-    uint8 out, which the GPU then does); 'baseline' = our decode, crop and flip alone
-    (uint8 out); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
+    """Pipelines timed by bench_loader, stage by stage: 'decode' = the decode of each
+    sampled crop window alone (what the decoder reads and decompresses); 'baseline' = + TF's
+    bilinear resize and the flip (uint8 out); 'device' = + RandAugment(2, 10): the CPU part
+    of train_pipelines(mix_on_device=True), whose normalise + mixup the GPU then does;
+    'full' = train_pipelines with normalise + mixup on the CPU (float32 out, two-hot
+    labels); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
     import rand_augment  # imports ffcv (seconds): only in the commands that load data
+    if kind == 'decode':
+        return {'image': [_DecodeOnly(clock, res)], 'label': [rand_augment.IntDecoder()]}
     if kind in ('full', 'device'):
         return rand_augment.train_pipelines(clock, res=res, num_classes=num_classes,
                                             mix_on_device=kind == 'device')
@@ -255,8 +259,24 @@ def bench_pipelines(clock, kind, res=224, num_classes=1000):
         return {'image': [RandomResizedCropRGBImageDecoder((res, res)),
                           RandomHorizontalFlip()],
                 'label': [rand_augment.IntDecoder()]}
-    raise ValueError(f"bench_pipelines: kind must be full, device, baseline or ffcv, "
-                     f"not {kind!r}")
+    raise ValueError(f"bench_pipelines: kind must be one of {', '.join(LOADER_KINDS)} or "
+                     f"ffcv, not {kind!r}")
+
+
+def _DecodeOnly(clock, res):
+    """rand_augment.InceptionCropDecoder without its resize (one pixel is copied, so that
+    the decode cannot be optimised away): the decode stage alone."""
+    import rand_augment
+    from numba import njit
+
+    @njit(nogil=True)
+    def touch(pixels, y0, x0, h, w, dst):
+        dst[0, 0, 0] = pixels[y0, x0, 0]
+
+    class DecodeOnly(rand_augment.InceptionCropDecoder):
+        def resizer(self):
+            return touch
+    return DecodeOnly(clock, res)
 
 
 def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, batches=40,
@@ -296,10 +316,11 @@ def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, bat
     return (speed, batches * batch_size / cpu_time) if cpu else speed
 
 
-LOADER_KINDS = {  # bench_pipelines kind -> what it runs
-    "baseline": "decode+crop+flip",
-    "full": "full recipe",                # + RandAugment, normalise + mixup on the CPU
-    "device": "full, mix on GPU",         # the CPU part when train_vit mixes on the device
+LOADER_KINDS = {  # bench_pipelines kind -> what it runs, each stage adding to the one above
+    "decode": "decode (crop window)",
+    "baseline": "+ resize, flip",
+    "device": "+ RandAugment",           # the CPU part when train_vit mixes on the GPU
+    "full": "+ normalise, mixup (CPU)",  # all on the CPU
 }
 
 
@@ -313,15 +334,31 @@ def loader_rates(beton, args, kinds=tuple(LOADER_KINDS)):
 
 def cmd_loader(args):
     threads = args.workers or os.cpu_count()
-    print(f"loader: {args.beton}, batch {args.batch_size}, {threads} worker threads, "
-          f"res {args.res}, {args.batches} batches after the warm-up")
-    rates = loader_rates(args.beton, args)
-    for kind, (wall, per_cpu) in rates.items():
-        print(f"RESULT loader {LOADER_KINDS[kind]:>17}: {wall:,.0f} img/s, {wall / threads:,.0f} "
-              f"per worker; {per_cpu:,.0f} img per CPU-second")
-    base = rates["baseline"][1]
-    print(f"RESULT loader RandAugment+mixup cost per image: +{base / rates['full'][1] - 1:.0%} "
-          f"(mixing on the GPU: +{base / rates['device'][1] - 1:.0%}) over decode+crop+flip")
+    betons = [args.beton] + ([args.compare] if args.compare else [])
+    print(f"loader: {', '.join(betons)}; batch {args.batch_size}, {threads} worker threads, "
+          f"res {args.res}, {args.batches} batches after the warm-up; each stage adds to the "
+          f"one above; the GPU default is '+ RandAugment' (normalise + mixup on the GPU)")
+    for beton in betons:
+        storage = _storage(beton)
+        rates = loader_rates(beton, args)
+        for kind, (wall, per_cpu) in rates.items():
+            print(f"RESULT loader {storage:>22} {LOADER_KINDS[kind]:>25}: {wall:,.0f} img/s, "
+                  f"{wall / threads:,.0f} per worker; {per_cpu:,.0f} img per CPU-second")
+        base = rates["baseline"][1]
+        print(f"RESULT loader {storage:>22} RandAugment+mixup cost per image: "
+              f"+{base / rates['full'][1] - 1:.0%} (mixing on the GPU: "
+              f"+{base / rates['device'][1] - 1:.0%}) over decode+resize+flip")
+
+
+def _storage(beton):
+    """'write_mode[, max N px]' from the beton's sidecar, or its file name without one."""
+    try:
+        import write_ffcv
+        opts = write_ffcv.read_sidecar(beton)["settings"]
+    except Exception:
+        return Path(beton).name
+    cap = opts.get("max_resolution")
+    return opts.get("write_mode", "?") + (f", max {cap} px" if cap else "")
 
 
 def cmd_full(args, overrides):
@@ -421,8 +458,10 @@ def main(argv=None):
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.set_defaults(fn=cmd_step)
-    p = sub.add_parser("loader", help="train loader alone: recipe vs decode+crop+flip, side by side")
+    p = sub.add_parser("loader", help="the train loader stage by stage (decode, resize, RandAugment, mixup)")
     p.add_argument("--beton", required=True, help="a train .beton written by write_ffcv.py")
+    p.add_argument("--compare", default=None,
+                   help="a second .beton of the same images (another storage), timed alike")
     p.add_argument("--batch-size", type=int, default=128, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
     p.add_argument("--res", type=int, default=224, help="output crop side in pixels")

@@ -30,10 +30,10 @@ Normalise + mixup can also run on the GPU after ToDevice (train_pipelines(...,
 mix_on_device=True) + device_tail(...)): the same float32 numbers, a quarter of the
 host-to-device bytes, and about 50 us less CPU per 224 px image.
 
-The crop sampler and the resize are TF's own arithmetic (tf_image.py, checked bit for bit
-against TF's outputs); the decode is a full JPEG decode sliced to the crop, which differs
-from the reference's cropped decode in the window's edge columns of subsampled-chroma
-JPEGs (RECIPE.md, step 0). EvalDecoder (from tf_image) is the eval preprocessing.
+Decode, crop and resize are the reference's to the bit: TF's crop sampler and bilinear
+resize (tf_image.py) and TF's decode of the crop window alone (jpeg_window.py), each checked
+against TF's own outputs (../shared/golden). EvalDecoder (from tf_image) is the eval
+preprocessing.
 
 CLI: `python rand_augment.py --beton X --out grid.png` writes a grid of augmented
 samples (`python benchmark.py loader --beton X` times the loader).
@@ -50,11 +50,11 @@ from numba.extending import intrinsic
 
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 
+import jpeg_window
 from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
 from tf_image import EvalDecoder, crop_aspect, generate_random_crop, resize_bilinear  # noqa: F401
 
@@ -295,31 +295,37 @@ class InceptionCropDecoder(ResizedCropRGBImageDecoder):
         return sample_crop
 
     def window_decoder(self):
-        """The decode step, compiled per Loader, apart so that a decoder of the window
-        alone (RECIPE.md step 0) can replace it: f(image_data, mode, height, width, buffer,
+        """The decode step, compiled per Loader: f(image_data, mode, height, width, buffer,
         y, x, h, w) -> (pixels, y0, x0), C-contiguous uint8 pixels holding the window at
-        (y0, x0). This one: full decode, FFCV's imdecode (TJFLAG_FASTDCT = JDCT_IFAST)."""
+        (y0, x0). A JPEG (write_mode=original keeps the files' own bytes) is decoded as TF's
+        decode_and_crop_jpeg does: the window alone, libjpeg IFAST (jpeg_window.py; a
+        decode-then-slice differs in the window's edge columns on subsampled chroma, and
+        costs the rows below the window). Raw pixels are only sliced."""
         jpg = IMAGE_MODES['jpg']
-        # A fresh dispatcher per Loader, as FFCV does: numba 0.68 cannot type a second
-        # caller of one shared dispatcher of these ctypes wrappers (KeyError on its
-        # Literal-typed overloads), and the Loader's thread then dies silently.
-        imdecode_c = Compiler.compile(imdecode)
+        decode_c = jpeg_window.decode_window_c
 
         def decode_window(image_data, mode, height, width, buffer, y, x, h, w):
-            if mode == jpg:
-                imdecode_c(image_data, buffer, height, width, height, width, 0, 0, 1, 1,
-                           False, False)
-                pixels = buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
-            else:
-                pixels = image_data.reshape(height, width, 3)
-            return pixels, y, x
+            if mode != jpg:
+                return image_data.reshape(height, width, 3), y, x
+            out = buffer.reshape(-1)[:3 * h * w]
+            if decode_c(image_data.ctypes.data, image_data.size, y, x, h, w,
+                        out.ctypes.data, 3 * w) != 0:
+                raise ValueError("InceptionCropDecoder: a JPEG of the .beton does not "
+                                 "decode (jpeg_window); check the file with write_ffcv.py")
+            return out.reshape(h, w, 3), 0, 0
 
         return Compiler.compile(decode_window)
+
+    def resizer(self):
+        """The resize step: f(pixels, y0, x0, h, w, dst), TF's bilinear resize of the
+        window into dst (benchmark.py's decode-only stage replaces it)."""
+        return resize_bilinear
 
     def generate_code(self):
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
         decode_window = self.window_decoder()
+        resize = self.resizer()
         addr = self.clock.address
         area_lo, area_hi = self.area
         aspect_lo, aspect_hi = self.aspect
@@ -340,7 +346,7 @@ class InceptionCropDecoder(ResizedCropRGBImageDecoder):
                                          area_hi, aspect_lo, aspect_hi, attempts)
                 pixels, y0, x0 = decode_window(image_data, field['mode'], height, width,
                                                temp_storage[dst_ix], y, x, h, w)
-                resize_bilinear(pixels, y0, x0, h, w, destination[dst_ix])
+                resize(pixels, y0, x0, h, w, destination[dst_ix])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

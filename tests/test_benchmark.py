@@ -86,14 +86,20 @@ def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     (line,) = results(out)
     assert "original" in line and 80 < number(r"([\d.]+) kB/img", line) < 140  # the files
-    assert number(r"full recipe ([\d,]+)", line) > 0
+    assert number(r"normalise, mixup \(CPU\) ([\d,]+)", line) > 0
     beton = tmp_path / "original.beton"
     assert beton.exists()
-    benchmark.main(["loader", "--beton", str(beton), "--batch-size", "8", "--batches", "2",
-                    "--res", "64", "--workers", "2"])
+    import write_ffcv
+    other = tmp_path / "raw.beton"
+    write_ffcv.convert(photo_folder, other, "val", write_mode="raw", progress=False)
+    benchmark.main(["loader", "--beton", str(beton), "--compare", str(other), "--batch-size", "8",
+                    "--batches", "2", "--res", "64", "--workers", "2"])
     out = capsys.readouterr().out
     lines = results(out)
-    assert any("decode+crop+flip" in x for x in lines) and any("full recipe" in x for x in lines)
+    for storage in ("original", "raw"):  # side by side, every stage
+        for stage in benchmark.LOADER_KINDS.values():
+            (line,) = [x for x in lines if f"{storage} {stage}:" in " ".join(x.split())]
+            assert number(r"([\d,]+) img per CPU-second", line) > 0
     assert "RandAugment+mixup cost" in lines[-1]
 
 

@@ -268,15 +268,37 @@ def test_jpeg_decoders_decode_then_run_the_kernels(photos, tmp_path, quiet_final
     for i, img in enumerate(decoded):
         want = T.resize_small_central_crop(img, 80, np.empty((64, 64, 3), np.uint8))
         assert np.array_equal(got[i], want), i
+
+
+def test_inception_crop_decodes_the_window_alone(photos, tmp_path, quiet_finalizers):
+    """The train decoder on stored JPEG bytes is TF's decode_and_crop_jpeg of the sampled
+    window (jpeg_window, itself checked against TF in test_jpeg_window.py), then TF's
+    bilinear resize: not a full decode sliced, which differs in the window's edge columns
+    on 4:2:0 files for about half of the windows."""
+    import jpeg_window
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import encode_jpeg
+    names = sorted(photos)
+    images = [np.ascontiguousarray(photos[names[k % len(names)]][k:k + 150 + 7 * k,
+                                                                  2 * k:2 * k + 201 - 5 * k])
+              for k in range(12)]
+    path = _write(tmp_path / "jpg.beton", images, "jpg")
+    datas = [encode_jpeg(img, 90) for img in images]   # the bytes the writer stored
     clock = ra.AugmentClock(4)
     loader = _loader(path, {"image": [ra.InceptionCropDecoder(clock, 48)],
-                            "label": [IntDecoder()]}, n)
+                            "label": [IntDecoder()]}, len(images))
     clock.set_epoch(2)
     got = np.asarray(next(iter(loader))[0])
-    for i, img in enumerate(decoded):
+    differs = 0
+    for i, (img, data) in enumerate(zip(images, datas)):
         y, x, h, w = ra.sample_crop(4, 2, i, *img.shape[:2], *AREA, *ASPECT, 100)
-        want = T.resize_bilinear(img, y, x, h, w, np.empty((48, 48, 3), np.uint8))
+        window = jpeg_window.decode_window(data, y, x, h, w)
+        want = T.resize_bilinear(window, 0, 0, h, w, np.empty((48, 48, 3), np.uint8))
         assert np.array_equal(got[i], want), i
+        sliced = jpeg_window.decode(data)
+        differs += not np.array_equal(window, sliced[y:y + h, x:x + w])
+    print(f"{differs} of {len(images)} windows differ from a sliced full decode")
+    assert differs >= 2, "no window here tells a cropped decode from a sliced one"
 
 
 # ------------------------------------------------------------------------ house rules
