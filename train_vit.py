@@ -68,7 +68,8 @@ Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.jso
     real=Param(Flag(), "also score ReaL with the val .beton's 'real' field", default=False),
     v2_dataset=Param(str, "ImageNet-v2 .beton; '' = no v2 eval", default=""),
     num_workers=Param(And(int, InRange(min=0)),
-                      "decoding threads per rank; 0 = the cores of this rank", default=0),
+                      "decoding threads per rank; 0 = the rank's share of the cores minus one "
+                      "(one left for the training loop: README 'Speed')", default=0),
     in_memory=Param(Flag(), "let the OS page cache hold the .beton (ffcv os_cache)", default=True),
 )
 Section("model", "big_vision ViT (vit.py)").params(
@@ -118,7 +119,8 @@ Section("training", "the run").params(
                   default="auto"),
     compile_mode=Param(OneOf(["default", "reduce-overhead", "max-autotune",
                               "max-autotune-no-cudagraphs"]),
-                       "torch.compile mode (same numbers, different kernels)", default="default"),
+                       "torch.compile mode; reduce-overhead replays CUDA graphs (H100: 20% faster "
+                       "runs, the same numbers; README 'Speed')", default="reduce-overhead"),
 )
 Section("eval", "top-1 on minival, val, ReaL and v2").params(
     every=Param(And(int, InRange(min=0)),
@@ -185,6 +187,14 @@ def clip_global_norm_(params, max_norm):
     if max_norm > 0:
         torch._foreach_mul_(grads, torch.clamp(max_norm / norm, max=1.0))
     return norm
+
+
+def default_loader_threads():
+    """This rank's share of the cores minus one: the training loop's Python thread (which
+    launches the GPU work) needs a core of its own. On an H100 box with 16 cores, 15 loader
+    threads trained 21% faster than 16 (5,282 vs 4,355 img/s, README 'Speed')."""
+    cores = len(os.sched_getaffinity(0)) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(1, cores - 1)
 
 
 def compile_model(model, mode="default"):
@@ -323,8 +333,7 @@ class Trainer:
                             randaug_fixed, mixup_alpha, mix_on_device, seed, epochs, batch_size,
                             max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
-        self.num_workers = num_workers or max(1, len(os.sched_getaffinity(0)) //
-                                              int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        self.num_workers = num_workers or default_loader_threads()
         self.clock = rand_augment.AugmentClock(seed)
         on_device = mix_on_device == "on" or (mix_on_device == "auto" and self.device.type == "cuda")
         pipes = rand_augment.train_pipelines(

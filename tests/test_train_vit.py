@@ -606,3 +606,12 @@ def test_help_is_plain_text_with_real_defaults(capsys):
                  "--training.max_steps=0", "--logging.folder (required)"):
         assert line in out, line
     assert "None" not in out and "Requried" not in out
+
+
+def test_default_loader_threads_leave_a_core_to_the_training_loop(monkeypatch):
+    monkeypatch.setattr(train_vit.os, "sched_getaffinity", lambda pid: set(range(128)))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert train_vit.default_loader_threads() == 15      # 16 cores per rank
+    monkeypatch.setattr(train_vit.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert train_vit.default_loader_threads() == 1
