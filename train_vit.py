@@ -42,18 +42,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import torchmetrics
 from fastargs import Param, Section, get_current_config  # noqa: F401 (demo.py reads the config)
 from fastargs.decorators import param
 from fastargs.validation import And, InRange, OneOf
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.ndarray import NDArrayDecoder
-from ffcv.loader import Loader, OrderOption
+from ffcv.loader import Loader
 from ffcv.transforms import ToDevice, ToTensor
 from tqdm import tqdm
 
 import checkpoints
 import cli
+import evaluate
 import loaders
 import rand_augment
 import report
@@ -218,26 +216,6 @@ def optimization_step(model, optimizer, params, images_nchw, targets, precision,
     return loss.detach(), grad_norm.detach()
 
 
-class ReaLAccuracy(torchmetrics.Metric):
-    """ReaL top-1: correct if the argmax is in the image's label set (rows padded with -1);
-    images with an empty set are left out."""
-    full_state_update = False
-
-    def __init__(self):
-        super().__init__()
-        self.add_state("correct", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("total", torch.tensor(0), dist_reduce_fx="sum")
-
-    def update(self, preds, real):
-        real = real.long()
-        scored = (real >= 0).any(dim=1)
-        self.correct += ((real == preds[:, None]).any(dim=1) & scored).sum()
-        self.total += scored.sum()
-
-    def compute(self):
-        return self.correct.float() / self.total if self.total > 0 else torch.tensor(float("nan"))
-
-
 def parse_config(argv=None):
     """The settings from --config-file files and --section.name=value flags, checked
     (cli.parse: unknown keys and flags named with the nearest known one, bad values with
@@ -359,33 +337,16 @@ class Trainer:
         self.total_steps = max(1, round(epochs * self.n_train / batch_size))
         self.stop_step = min(self.total_steps, max_steps) if max_steps > 0 else self.total_steps
 
-    @param("data.num_workers")
     @param("data.in_memory")
     @param("data.real")
     @param("model.img_size")
     @param("eval.crop_ratio")
-    def create_eval_loaders(self, num_workers, in_memory, real, img_size, crop_ratio):
-        """big_vision's decode|resize_small(round(img_size / crop_ratio))|central_crop(img_size)
-        |value_range(-1, 1) (256 and 224 by default), TF's area resize bit for bit.
-        Each rank scores a disjoint strided shard (no padding), so the reduced top-1 is exact."""
-        to_device = [ToTensor(), ToDevice(self.device, non_blocking=True)]
-        self.eval_loaders = {}
-        for name in ("minival", "val", "v2"):
-            if name not in self.sidecars:
-                continue
-            path, meta = self.sidecars[name]
-            with_real = name == "val" and real
-            pipelines = {
-                "image": [rand_augment.EvalDecoder(img_size, round(img_size / crop_ratio)),
-                          rand_augment.Normalize(), *to_device],
-                "label": [IntDecoder(), *to_device],
-                "real": [NDArrayDecoder(), *to_device] if with_real else None}
-            self.eval_loaders[name] = with_real, Loader(
-                path, batch_size=self.eval_batch_per_rank, num_workers=self.num_workers,
-                os_cache=in_memory, order=OrderOption.SEQUENTIAL, drop_last=False,
-                indices=np.arange(self.rank, meta["num_images"], self.world_size),
-                pipelines=pipelines)
-            _LOADERS.append(self.eval_loaders[name][1])
+    def create_eval_loaders(self, in_memory, real, img_size, crop_ratio):
+        """The eval sets' loaders (evaluate.py: big_vision's eval preprocessing, this rank's
+        shard of each set)."""
+        self.eval_loaders = evaluate.eval_loaders(
+            self.sidecars, self.device, self.rank, self.world_size, self.eval_batch_per_rank,
+            self.num_workers, in_memory, real, img_size, crop_ratio)
 
     @param("model.variant")
     @param("model.img_size")
@@ -666,29 +627,9 @@ class Trainer:
         if self.last_eval_step == self.step or not self.eval_loaders:
             return
         start = time.perf_counter()
-        self.raw_model.eval()
-        record = {"step": self.step, "epoch": self.epochs(self.step)}
-        for name, (with_real, loader) in self.eval_loaders.items():
-            top1 = torchmetrics.classification.MulticlassAccuracy(
-                self.num_classes, average="micro").to(self.device)
-            loss = torchmetrics.MeanMetric(nan_strategy="disable").to(self.device)  # NaN stays NaN
-            real = ReaLAccuracy().to(self.device)
-            lead = HostLead(self.device)
-            for batch in lead.paced(loaders.epoch_batches(loader)):
-                images, labels = batch[0].permute(0, 3, 1, 2), batch[1].view(-1).long()
-                with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                    enabled=precision == "bf16"):
-                    logits = self.raw_model(images)
-                preds = logits.argmax(dim=-1)
-                top1.update(preds, labels)
-                loss.update(F.cross_entropy(logits.float(), labels, reduction="none"))
-                if with_real:
-                    real.update(preds, batch[2])
-            record[f"{name}_top1"] = top1.compute().item()
-            record[f"{name}_loss"] = loss.compute().item()
-            if with_real:
-                record["real_top1"] = real.compute().item()
-        self.raw_model.train()
+        record = {"step": self.step, "epoch": self.epochs(self.step),
+                  **evaluate.evaluate(self.raw_model, self.eval_loaders, self.device,
+                                      self.num_classes, precision)}
         self.last_eval_step = self.step
         self.eval_time += time.perf_counter() - start
         record["eval_time_s"] = time.perf_counter() - start

@@ -25,6 +25,7 @@ from PIL import Image
 import checkpoints
 import rand_augment
 import report
+import evaluate
 import train_vit
 import vit
 import write_ffcv
@@ -165,7 +166,7 @@ def test_clip_soft_xent_and_real_metric():
     logits, targets = torch.randn(4, 5), torch.softmax(torch.randn(4, 5), -1)
     assert train_vit.soft_xent(logits, targets).item() == pytest.approx(
         F.cross_entropy(logits, targets).item(), rel=1e-6)
-    real = train_vit.ReaLAccuracy()
+    real = evaluate.ReaLAccuracy()
     real.update(torch.tensor([1, 2, 3, 0]),
                 torch.tensor([[1, 4, -1], [0, -1, -1], [-1, -1, -1], [0, 3, 2]], dtype=torch.int16))
     assert (real.correct.item(), real.total.item()) == (2, 3)  # the empty set is left out
@@ -386,13 +387,16 @@ def test_torchrun_two_ranks(data, tmp_path):
     correct = real_correct = real_total = 0
     threads = torch.get_num_threads()  # ffcv's Loader sets torch's thread count
     for rank in range(2):  # each rank's shard and batch, as the ranks ran them
-        loader = train_vit.Loader(
-            str(data["val"]), batch_size=8, num_workers=1, order=train_vit.OrderOption.SEQUENTIAL,
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.ndarray import NDArrayDecoder
+        from ffcv.loader import Loader, OrderOption
+        loader = Loader(
+            str(data["val"]), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
             indices=np.arange(rank, 24, 2), drop_last=False, pipelines={
                 "image": [rand_augment.EvalDecoder(32, round(32 / 0.875)),
                           rand_augment.Normalize(), train_vit.ToTensor()],
-                "label": [train_vit.IntDecoder(), train_vit.ToTensor()],
-                "real": [train_vit.NDArrayDecoder(), train_vit.ToTensor()]})
+                "label": [IntDecoder(), train_vit.ToTensor()],
+                "real": [NDArrayDecoder(), train_vit.ToTensor()]})
         train_vit._LOADERS.append(loader)
         for images, labels, real in loader:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -615,3 +619,18 @@ def test_default_loader_threads_leave_a_core_to_the_training_loop(monkeypatch):
     monkeypatch.setattr(train_vit.os, "sched_getaffinity", lambda pid: {0})
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert train_vit.default_loader_threads() == 1
+
+
+def test_warns_when_a_set_is_not_stored_faithfully(data, tmp_path, capsys):
+    """write_ffcv's raw/jpg/proportion storage changes the pixels: the trainer says so at
+    start for each such set, and not for the default (original bytes)."""
+    raw = tmp_path / "train_raw.beton"
+    write_ffcv.convert(Path(data["train"]).parent / "train", raw, "train", write_mode="raw",
+                       num_workers=1, progress=False, minival_fraction=0.1)
+    assert train_vit.main(args(data, tmp_path / "run", f"--data.train_dataset={raw}",
+                               "--training.max_steps=1", evals=False)) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {raw} is stored write_mode=raw" in err and "train pixels differ" in err
+    assert train_vit.main(args(data, tmp_path / "run2", "--training.max_steps=1",
+                               evals=False)) == 0
+    assert "differ from the reference" not in capsys.readouterr().err
