@@ -1,6 +1,6 @@
 """FFCV plumbing of train_vit.py: the input files checked before anything is built, the
-train order that resumes mid-epoch, loader threads that fail loudly instead of hanging,
-and the host kept one batch ahead of the GPU."""
+train loader and its order that resumes mid-epoch, loader threads that fail loudly instead
+of hanging, and the host kept one batch ahead of the GPU."""
 import queue
 import sys
 import threading
@@ -21,6 +21,26 @@ from write_ffcv import ConversionError, check_beton, read_sidecar
 # raises KeyError there. Loaders made in this process therefore live as long as it does
 # (one run = a few loaders; it matters when main() runs several times, as in the tests).
 LOADERS = []
+
+
+def train_loader(path, pipelines, clock, device, *, rank, world_size, distributed, batch_size,
+                 num_workers, in_memory, seed, mix_on_device, mixup_alpha):
+    """The run's one train Loader: rand_augment.train_pipelines(...) `pipelines`, then to the
+    device; with mix_on_device the images go as uint8 and are normalised and mixed there
+    (rand_augment.device_tail: float32 NCHW out), else they arrive float32 NHWC."""
+    from ffcv.loader import Loader
+    from ffcv.transforms import ToDevice, ToTensor
+
+    import rand_augment
+    to_device = [ToTensor(), ToDevice(device, non_blocking=True)]
+    image_tail = (rand_augment.device_tail(clock, device, mixup_alpha) if mix_on_device
+                  else to_device)
+    loader = Loader(path, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
+                    order=ResumableOrder(rank, world_size), distributed=distributed, seed=seed,
+                    drop_last=True, pipelines={"image": pipelines["image"] + image_tail,
+                                               "label": pipelines["label"] + to_device})
+    LOADERS.append(loader)
+    return loader
 
 
 def _loader_thread_died(args, default_hook=threading.excepthook):

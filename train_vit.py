@@ -45,8 +45,6 @@ import torch.nn.functional as F
 from fastargs import Param, Section, get_current_config  # noqa: F401 (demo.py reads the config)
 from fastargs.decorators import param
 from fastargs.validation import And, InRange, OneOf
-from ffcv.loader import Loader
-from ffcv.transforms import ToDevice, ToTensor
 from tqdm import tqdm
 
 import checkpoints
@@ -57,7 +55,7 @@ import rand_augment
 import report
 import vit
 from cli import ConfigError, Flag, Real, RepSize
-from loaders import HostLead, ResumableOrder
+from loaders import HostLead
 
 Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.json sidecar)").params(
     train_dataset=Param(str, "train split .beton (the 99% of ImageNet train)", required=True),
@@ -319,17 +317,12 @@ class Trainer:
             randaug=(randaug_layers, randaug_magnitude) if randaug_layers > 0 else None,
             mixup_alpha=mixup_alpha, num_classes=self.num_classes,
             crop_area=(crop_area_min, 1.0), mix_on_device=on_device)
-        to_device = [ToTensor(), ToDevice(self.device, non_blocking=True)]
-        # Images arrive float32 NHWC from the CPU pipeline, or NCHW from the device tail.
-        image_tail = (rand_augment.device_tail(self.clock, self.device, mixup_alpha)
-                      if on_device else to_device)
         self.train_images_nhwc = not on_device
-        self.train_loader = Loader(
-            train_dataset, batch_size=self.batch_per_rank, num_workers=self.num_workers,
-            os_cache=in_memory, order=ResumableOrder(self.rank, self.world_size),
-            distributed=self.distributed, seed=seed, drop_last=True,
-            pipelines={"image": pipes["image"] + image_tail, "label": pipes["label"] + to_device})
-        _LOADERS.append(self.train_loader)
+        self.train_loader = loaders.train_loader(
+            train_dataset, pipes, self.clock, self.device, rank=self.rank,
+            world_size=self.world_size, distributed=self.distributed,
+            batch_size=self.batch_per_rank, num_workers=self.num_workers, in_memory=in_memory,
+            seed=seed, mix_on_device=on_device, mixup_alpha=mixup_alpha)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"training.batch_size={batch_size} is larger than the "

@@ -41,7 +41,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from fastargs import Param, Section, get_current_config
+from fastargs import Param, Section
 from fastargs.validation import And, InRange, OneOf
 from PIL import Image
 

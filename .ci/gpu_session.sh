@@ -5,7 +5,9 @@
 #   bash .ci/gpu_session.sh setup data loader train  # photos -> betons, loader at 16/8 threads,
 #                                          # real torchrun runs: twice unbroken, SIGTERM + resume
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
-# TRAIN_BETON=train_raw (raw pixels: a loader that keeps up) and STEPS=200 set the train runs.
+#   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
+# Knobs: TRAIN_BETON=train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
+# PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...".
 # Needs the offline wheels in .whl/ (../shared/gpu-kit: `mkdir -p .whl && cp
 # ../shared/gpu-kit/*.whl ../shared/gpu-kit/smoke_test.py .whl/`) and, where built, build/.
 # Logs go to $OUT (the device tool brings them back) or ./gpu_logs.
@@ -61,8 +63,9 @@ data() {
     $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/$split.beton" \
         --cfg.split=$split --cfg.overwrite=1 2>&1 | tail -n 1
   done
-  $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/train_raw.beton" \
-      --cfg.split=train --cfg.write_mode=raw --cfg.overwrite=1 2>&1 | tail -n 1
+  [ "${RAW:-0}" = 1 ] && $PY write_ffcv.py --cfg.data_dir="$WORK/photos" \
+      --cfg.write_path="$WORK/train_raw.beton" --cfg.split=train --cfg.write_mode=raw \
+      --cfg.overwrite=1 2>&1 | tail -n 1
 }
 
 loader() {

@@ -18,6 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.ndarray import NDArrayDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -26,6 +30,7 @@ import checkpoints
 import rand_augment
 import report
 import evaluate
+import loaders
 import train_vit
 import vit
 import write_ffcv
@@ -175,8 +180,8 @@ def test_clip_soft_xent_and_real_metric():
 def test_resumable_order_skips_whole_batches(data):
     """Starting at batch k = the full epoch's batches from k on; ranks partition the data."""
     def loader(rank, world, batch):
-        order = train_vit.ResumableOrder(rank, world)
-        train_vit._LOADERS.append(train_vit.Loader(  # kept alive: see train_vit._LOADERS
+        order = loaders.ResumableOrder(rank, world)
+        train_vit._LOADERS.append(Loader(  # kept alive: see loaders.LOADERS
             str(data["train"]), batch_size=batch, num_workers=1, order=order, seed=3,
             pipelines={"image": None}))
         return order, train_vit._LOADERS[-1]
@@ -387,16 +392,13 @@ def test_torchrun_two_ranks(data, tmp_path):
     correct = real_correct = real_total = 0
     threads = torch.get_num_threads()  # ffcv's Loader sets torch's thread count
     for rank in range(2):  # each rank's shard and batch, as the ranks ran them
-        from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.ndarray import NDArrayDecoder
-        from ffcv.loader import Loader, OrderOption
         loader = Loader(
             str(data["val"]), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
             indices=np.arange(rank, 24, 2), drop_last=False, pipelines={
                 "image": [rand_augment.EvalDecoder(32, round(32 / 0.875)),
-                          rand_augment.Normalize(), train_vit.ToTensor()],
-                "label": [IntDecoder(), train_vit.ToTensor()],
-                "real": [NDArrayDecoder(), train_vit.ToTensor()]})
+                          rand_augment.Normalize(), ToTensor()],
+                "label": [IntDecoder(), ToTensor()],
+                "real": [NDArrayDecoder(), ToTensor()]})
         train_vit._LOADERS.append(loader)
         for images, labels, real in loader:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
