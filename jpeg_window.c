@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <jpeglib.h>
 #include <jerror.h>
@@ -70,8 +71,8 @@ int jpeg_window_header(const uint8_t *data, size_t size, int32_t *hw) {
 }
 
 /* Decode rows [y, y + h) x columns [x, x + w) into out (h rows of out_stride bytes, RGB). */
-int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, int w,
-                       uint8_t *out, int out_stride) {
+static int jw_decode(const uint8_t *data, size_t size, int y, int x, int h, int w,
+                     uint8_t *out, int out_stride) {
   struct jpeg_decompress_struct cinfo;
   struct jw_error err;
   JDIMENSION xoff = (JDIMENSION)x, cw = (JDIMENSION)w;
@@ -119,3 +120,168 @@ int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, in
   jpeg_destroy_decompress(&cinfo); /* the rows below the window are never decoded */
   return JW_OK;
 }
+
+/* ---- Restart-indexed files: entropy-decode the window's MCUs only ----------------------
+ * A baseline single-scan JPEG with a restart marker after every MCU (write_ffcv's
+ * write_mode=restart, made by jpeg_window_restart below) has every MCU byte-aligned with
+ * its DC predictors reset, so the window's MCUs (plus one MCU row above and below where
+ * chroma is vertically subsampled: the fancy upsampler's context) can be copied into a
+ * smaller JPEG whose decode, cropped the same way relative to the MCU grid, gives the same
+ * pixels as TF's decode of the whole file (tests/test_jpeg_window.py checks it against the
+ * golden windows and the plain path). The rows above the window, which the plain path must
+ * entropy-decode, cost nothing here. */
+struct jw_layout { size_t sof, entropy; int height, width, mcu_w, mcu_h, mcus_x, mcus_y; };
+
+static int be16(const uint8_t *p) { return (p[0] << 8) | p[1]; }
+
+/* 1 and the layout when data is such a file, 0 otherwise (the plain path then decodes it). */
+static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
+  size_t p = 2;
+  int dri = 0, nf = 0, maxh = 1, maxv = 1, i;
+  if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return 0;
+  L->sof = 0;
+  while (p + 4 <= n) {
+    int m = d[p + 1], len = be16(d + p + 2);
+    if (d[p] != 0xFF) return 0;
+    if (m == 0xFF) { p++; continue; }
+    if (len < 2 || p + 2 + len > n) return 0;
+    if (m == 0xC0 || m == 0xC1) {
+      L->sof = p;
+      L->height = be16(d + p + 5);
+      L->width = be16(d + p + 7);
+      nf = d[p + 9];
+      if (len < 8 + 3 * nf || nf < 1 || nf > 4) return 0;
+      for (i = 0; i < nf; i++) {
+        int hs = d[p + 11 + 3 * i] >> 4, vs = d[p + 11 + 3 * i] & 15;
+        if (nf == 1 && (hs != 1 || vs != 1)) return 0;
+        maxh = hs > maxh ? hs : maxh;
+        maxv = vs > maxv ? vs : maxv;
+      }
+    } else if (m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+      return 0; /* progressive, lossless or arithmetic-coded */
+    } else if (m == 0xDD && len == 4) {
+      dri = be16(d + p + 4);
+    } else if (m == 0xDA) {
+      if (!L->sof || dri != 1 || d[p + 4] != nf || L->height == 0 || L->width == 0) return 0;
+      L->entropy = p + 2 + len;
+      L->mcu_w = 8 * maxh;
+      L->mcu_h = 8 * maxv;
+      L->mcus_x = (L->width + L->mcu_w - 1) / L->mcu_w;
+      L->mcus_y = (L->height + L->mcu_h - 1) / L->mcu_h;
+      return 1;
+    }
+    p += 2 + len;
+  }
+  return 0;
+}
+
+/* 1 when data takes the restart-indexed path (tests and benchmarks ask), else 0. */
+int jpeg_window_indexed(const uint8_t *data, size_t size) {
+  struct jw_layout L;
+  return data && jw_layout_of(data, size, &L);
+}
+
+int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, int w,
+                       uint8_t *out, int out_stride) {
+  struct jw_layout L;
+  int r0, r1, c0, c1, margin, rows, cols, code;
+  long k, last, copied = 0;
+  size_t q, start, n_out;
+  uint8_t *sub;
+  if (!data || !size || !jw_layout_of(data, size, &L) || h <= 0 || w <= 0 || y < 0 ||
+      x < 0 || (long)y + h > L.height || (long)x + w > L.width)
+    return jw_decode(data, size, y, x, h, w, out, out_stride);
+  margin = L.mcu_h > 8;
+  r0 = y / L.mcu_h - margin;
+  r0 = r0 < 0 ? 0 : r0;
+  r1 = (y + h - 1) / L.mcu_h + margin;
+  r1 = r1 >= L.mcus_y ? L.mcus_y - 1 : r1;
+  c0 = x / L.mcu_w;
+  c1 = (x + w - 1) / L.mcu_w;
+  /* At least two MCU columns: libjpeg picks its upsampler by the image's chroma width
+   * (fancy only above 2 samples), so a one-MCU image could get another one than TF's. */
+  if (c1 == c0 && c0 > 0) c0--;
+  else if (c1 == c0 && c1 < L.mcus_x - 1) c1++;
+  rows = r1 - r0 + 1;
+  cols = c1 - c0 + 1;
+  if (rows == L.mcus_y && cols == L.mcus_x)
+    return jw_decode(data, size, y, x, h, w, out, out_stride);
+  n_out = L.entropy + size + 2 * (size_t)rows * cols + 2;
+  if (!(sub = malloc(n_out))) return jw_decode(data, size, y, x, h, w, out, out_stride);
+  memcpy(sub, data, L.entropy);
+  /* the smaller image: the window's MCU rows and columns, the true edge where it is one */
+  rows = r1 == L.mcus_y - 1 ? L.height - r0 * L.mcu_h : rows * L.mcu_h;
+  cols = c1 == L.mcus_x - 1 ? L.width - c0 * L.mcu_w : cols * L.mcu_w;
+  sub[L.sof + 5] = rows >> 8; sub[L.sof + 6] = rows & 255;
+  sub[L.sof + 7] = cols >> 8; sub[L.sof + 8] = cols & 255;
+  n_out = L.entropy;
+  last = (long)r1 * L.mcus_x + c1;
+  for (k = 0, start = q = L.entropy; k <= last && q + 1 < size;) {
+    const uint8_t *ff = memchr(data + q, 0xFF, size - 1 - q);
+    int m;
+    if (!ff) break;
+    q = (size_t)(ff - data);
+    m = data[q + 1];
+    if (m == 0x00) { q += 2; continue; } /* a stuffed 0xFF data byte */
+    if (m == 0xFF) { q += 1; continue; } /* fill */
+    if ((k / L.mcus_x) >= r0 && (k % L.mcus_x) >= c0 && (k % L.mcus_x) <= c1) {
+      if (copied) { sub[n_out++] = 0xFF; sub[n_out++] = 0xD0 + (copied - 1) % 8; }
+      memcpy(sub + n_out, data + start, q - start);
+      n_out += q - start;
+      copied++;
+    }
+    if (m < 0xD0 || m > 0xD7) { k++; break; } /* EOI (or another marker): no more MCUs */
+    k++;
+    start = q += 2;
+  }
+  if (k <= last) { /* fewer MCUs than the header says: let the plain path report it */
+    free(sub);
+    return jw_decode(data, size, y, x, h, w, out, out_stride);
+  }
+  sub[n_out++] = 0xFF;
+  sub[n_out++] = 0xD9;
+  code = jw_decode(sub, n_out, y - r0 * L.mcu_h, x - c0 * L.mcu_w, h, w, out, out_stride);
+  free(sub);
+  return code;
+}
+
+/* Lossless transcode for write_mode=restart: the same DCT coefficients, quantisation tables
+ * and sampling (so the same pixels), baseline, optimised Huffman tables, a restart marker
+ * after every MCU. *out is malloc'd (free it with jpeg_window_free). */
+int jpeg_window_restart(const uint8_t *data, size_t size, uint8_t **out, size_t *out_size) {
+  struct jpeg_decompress_struct src;
+  struct jpeg_compress_struct dst;
+  struct jw_error err;
+  jvirt_barray_ptr *coefs;
+  /* Ours, large enough that libjpeg never swaps in a buffer of its own (the output is the
+   * same coefficients with optimal Huffman tables: about the input plus 2-3 bytes an MCU). */
+  unsigned long cap = 2 * (unsigned long)size + 65536, len = cap;
+  unsigned char *buf = malloc(cap), *mine = buf;
+  if (!data || !size || !out || !out_size || !buf) { free(buf); return JW_EARGS; }
+  jw_init_error(&err, &src);
+  memset(&dst, 0, sizeof(dst));
+  dst.err = &err.pub;
+  if (setjmp(err.jump)) {
+    jpeg_destroy_compress(&dst);
+    jpeg_destroy_decompress(&src);
+    free(mine);
+    return JW_EDATA;
+  }
+  jw_open(&src, data, size);
+  coefs = jpeg_read_coefficients(&src);
+  jpeg_create_compress(&dst);
+  jpeg_copy_critical_parameters(&src, &dst);
+  dst.restart_interval = 1;
+  dst.optimize_coding = TRUE;
+  jpeg_mem_dest(&dst, &buf, &len);
+  jpeg_write_coefficients(&dst, coefs);
+  jpeg_finish_compress(&dst);
+  jpeg_destroy_compress(&dst);
+  jpeg_destroy_decompress(&src);
+  if (buf != mine) free(mine); /* libjpeg grew it after all: its buffer is the output */
+  *out = buf;
+  *out_size = len;
+  return JW_OK;
+}
+
+void jpeg_window_free(void *p) { free(p); }

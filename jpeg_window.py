@@ -9,6 +9,9 @@ differs from it on about half of all crops (../shared/RECIPE.md, train step 0). 
 makes the same library calls, so it is exact by construction (tests/test_jpeg_window.py
 checks it against ../shared/golden/tf_decode.npz). It is also the speed lever: the rows
 below the window are never decoded, and a crop is a third of an image on average.
+A file with a restart marker after every MCU (`restart(data)`, write_ffcv's
+write_mode=restart: a lossless transcode, the same pixels) goes further: only the window's
+MCUs are entropy-decoded, copied into a smaller JPEG whose cropped decode is the same.
 
 Numba (as FFCV calls its `imdecode`): the ctypes functions, with the raw addresses of
 C-contiguous uint8 arrays,
@@ -17,7 +20,7 @@ C-contiguous uint8 arrays,
 return 0 on success, ERR_DATA / ERR_WINDOW / ERR_ARGS (< 0) on failure. They are
 re-entrant (safe from FFCV's decoder threads). Numba cannot cache (cache=True) a function
 that calls them (the address is a dynamic global), as with FFCV's imdecode. Python:
-decode, decode_window, header (ValueError on failure).
+decode, decode_window, header, restart, indexed (ValueError on failure).
 
 Build. The shared library build/libjpeg_window.so is compiled on first import when it is
 missing or older than jpeg_window.c (`make install` does the same); `--bundle` copies
@@ -107,12 +110,12 @@ def bundle():
     raise RuntimeError(f"jpeg_window: ldd lists no libjpeg.so for {LIBRARY}:\n{ldd}")
 
 
-decode_window_c = header_c = _last_error = None
+decode_window_c = header_c = _last_error = _restart_c = _free_c = _indexed_c = None
 
 
 def _bind():
     """Load LIBRARY (building it if needed) and declare the ctypes signatures."""
-    global decode_window_c, header_c, _last_error
+    global decode_window_c, header_c, _last_error, _restart_c, _free_c, _indexed_c
     lib = ctypes.CDLL(str(ensure_built()))
     decode_window_c = lib.jpeg_window_decode
     decode_window_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + 4 * [ctypes.c_int] + [
@@ -123,6 +126,14 @@ def _bind():
     header_c.restype = ctypes.c_int
     _last_error = lib.jpeg_window_last_error
     _last_error.restype = ctypes.c_char_p
+    _restart_c = lib.jpeg_window_restart
+    _restart_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p),
+                           ctypes.POINTER(ctypes.c_size_t)]
+    _restart_c.restype = ctypes.c_int
+    _free_c = lib.jpeg_window_free
+    _free_c.argtypes = [ctypes.c_void_p]
+    _indexed_c = lib.jpeg_window_indexed
+    _indexed_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 def _bytes(data):
@@ -166,6 +177,27 @@ def decode(data):
     """H x W x 3 uint8: tf.io.decode_jpeg(data, channels=3)."""
     h, w = header(data)
     return decode_window(data, 0, 0, h, w)
+
+
+def indexed(data):
+    """True when data has a restart marker after every MCU (a baseline single-scan file,
+    as restart() makes): its windows take the MCU-copying path."""
+    arr = _bytes(data)
+    return bool(_indexed_c(arr.ctypes.data, arr.size))
+
+
+def restart(data):
+    """bytes: data losslessly transcoded (the same DCT coefficients, quantisation tables and
+    sampling; baseline, optimised Huffman tables) with a restart marker after every MCU.
+    Its decode is data's, pixel for pixel (write_ffcv checks each file); its crop windows
+    decode faster (only their MCUs are entropy-decoded)."""
+    arr, out, size = _bytes(data), ctypes.c_void_p(), ctypes.c_size_t()
+    _check(_restart_c(arr.ctypes.data, arr.size, ctypes.byref(out), ctypes.byref(size)),
+           "transcoding with restart markers")
+    try:
+        return ctypes.string_at(out, size.value)
+    finally:
+        _free_c(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -221,17 +253,23 @@ def _timers():
     return ffcv_full, ours
 
 
+def _pack(blobs):
+    """(uint8 [n, longest], int64 [n] sizes): byte strings in one array for numba."""
+    datas = np.zeros((len(blobs), max(len(b) for b in blobs)), np.uint8)
+    for i, b in enumerate(blobs):
+        datas[i, :len(b)] = b
+    return datas, np.array([len(b) for b in blobs], np.int64)
+
+
 def bench(folder, rounds=5, seed=0):
-    """Print images per CPU-second for FFCV full, ours full, ours on inception windows."""
+    """Print images per CPU-second for FFCV full, ours full, ours on inception windows of
+    the original files and of their restart transcodes."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
         raise SystemExit(f"jpeg_window --bench: no .jpg/.jpeg files in {folder}")
     blobs = [np.fromfile(p, np.uint8) for p in files]
-    width = max(len(b) for b in blobs)
-    datas = np.zeros((len(blobs), width), np.uint8)
-    for i, b in enumerate(blobs):
-        datas[i, :len(b)] = b
-    sizes = np.array([len(b) for b in blobs], np.int64)
+    datas, sizes = _pack(blobs)
+    rdatas, rsizes = _pack([np.frombuffer(restart(b), np.uint8) for b in blobs])
     shapes = np.array([header(b) for b in blobs], np.int64)
     rng = np.random.default_rng(seed)
     full = np.concatenate([np.zeros_like(shapes), shapes], 1)
@@ -240,7 +278,8 @@ def bench(folder, rounds=5, seed=0):
     ffcv_full, ours = _timers()
     runs = {"ffcv imdecode, full image": lambda: ffcv_full(datas, sizes, shapes, out),
             "jpeg_window, full image": lambda: ours(datas, sizes, full, out),
-            "jpeg_window, inception window": lambda: ours(datas, sizes, windows, out)}
+            "jpeg_window, inception window": lambda: ours(datas, sizes, windows, out),
+            "  the same, restart transcode": lambda: ours(rdatas, rsizes, windows, out)}
     cpu = dict.fromkeys(runs, 0.0)
     for run in runs.values():
         run()  # compile and warm up
@@ -250,7 +289,8 @@ def bench(folder, rounds=5, seed=0):
             run()
             cpu[name] += time.process_time() - t
     area = (windows[:, 2] * windows[:, 3] / shapes.prod(1)).mean()
-    print(f"{len(files)} JPEGs, mean {sizes.mean() / 1e3:.1f} kB, mean "
+    print(f"{len(files)} JPEGs, mean {sizes.mean() / 1e3:.1f} kB (restart transcode "
+          f"{rsizes.mean() / 1e3:.1f} kB), mean "
           f"{shapes[:, 0].mean():.0f} x {shapes[:, 1].mean():.0f}; windows: RECIPE sampler,"
           f" mean area {area:.0%}; {rounds} rounds")
     base = len(files) * rounds / cpu["ffcv imdecode, full image"]

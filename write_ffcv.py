@@ -23,7 +23,13 @@ corrupt file fails here, not in the middle of training.
 `raw`, `jpg` and `proportion` (and `max_resolution`) are speed/size options that change
 the pixels the model sees: raw stores TF-decoded pixels (no decode cost, no cropped-decode
 edge columns), jpg/proportion re-encode them. The sidecar records the storage; train_vit.py
-warns when a set is not stored `original`. EXIF orientation is ignored as in TF's decoder,
+warns when a set is not stored `original` or `restart`.
+`restart` (off by default) is the speed option that keeps the pixels: each JPEG losslessly
+transcoded (the same DCT coefficients, quantisation and sampling; optimised Huffman tables)
+with a restart marker after every MCU, so that the loader entropy-decodes only the crop
+window's MCUs instead of every row above it (jpeg_window.c). Every file's full decode is
+compared with the original's while writing; a file whose pixels would differ keeps its
+original bytes (counted in the sidecar). EXIF orientation is ignored as in TF's decoder,
 and hidden or non-image files are skipped. Nothing appears at write_path unless the
 conversion finished.
 """
@@ -52,7 +58,7 @@ IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tif
 # jpeg_quality and compress_probability only matter for the jpg/proportion options.
 DEFAULTS = dict(max_resolution=None, write_mode='original', jpeg_quality=95,
                 compress_probability=0.5, chunk_size=100)
-FAITHFUL = dict(write_mode='original', max_resolution=None)
+BYTE_MODES = ('original', 'restart')   # the JPEG's own bytes (or its lossless transcode)
 JPEG_SOI = b'\xff\xd8'
 CONVERTED_RAW, CONVERTED_JPEG = 1, 2   # ImageSet.converted codes (0: stored as given)
 
@@ -74,10 +80,12 @@ def declare_options():
         max_resolution=Param(And(int, InRange(16, 65535)), 'raw/jpg/proportion only: longest '
                              'side stored, larger images area-downscaled; None = no cap',
                              default=None),
-        write_mode=Param(And(str, OneOf(['original', 'raw', 'jpg', 'proportion'])),
+        write_mode=Param(And(str, OneOf(['original', 'restart', 'raw', 'jpg', 'proportion'])),
                          "original = each JPEG's own bytes (the reference's input; default); "
-                         'raw pixels, JPEG re-encode, or JPEG with compress_probability are '
-                         'speed/size options that change the pixels',
+                         'restart = their lossless transcode with a restart marker per MCU '
+                         '(same pixels, faster crop decode); raw pixels, JPEG re-encode, or '
+                         'JPEG with compress_probability are speed/size options that change '
+                         'the pixels',
                          default=DEFAULTS['write_mode']),
         jpeg_quality=Param(And(int, InRange(1, 100)), 'jpg/proportion: JPEG quality',
                            default=DEFAULTS['jpeg_quality']),
@@ -177,10 +185,12 @@ def load_rgb(path):
         return np.asarray(image.convert('RGB'))
 
 
-def load_original(path):
+def load_original(path, restart=False):
     """What write_mode=original stores for one file: (bytes, height, width) of an RGB or
     grayscale JPEG, kept byte for byte after one full decode has proven it sound; the
-    RGB pixels (load_rgb) of anything else (CMYK JPEGs, PNG, ...)."""
+    RGB pixels (load_rgb) of anything else (CMYK JPEGs, PNG, ...). restart=True
+    (write_mode=restart): the JPEG's restart transcode instead when its full decode equals
+    the original's, with a fourth item, False, when the original bytes had to be kept."""
     import jpeg_window
     data = np.fromfile(path, np.uint8)
     if data[:2].tobytes() == JPEG_SOI:
@@ -188,7 +198,14 @@ def load_original(path):
             mode = image.mode
         if mode in ('RGB', 'L'):
             pixels = jpeg_window.decode(data)   # raises on a corrupt or truncated file
-            return data, pixels.shape[0], pixels.shape[1]
+            if not restart:
+                return data, pixels.shape[0], pixels.shape[1]
+            try:
+                fast = np.frombuffer(jpeg_window.restart(data), np.uint8)
+                same = np.array_equal(jpeg_window.decode(fast), pixels)
+            except ValueError:
+                same = False
+            return (fast if same else data), pixels.shape[0], pixels.shape[1], same
     return load_rgb(path)
 
 
@@ -197,7 +214,7 @@ def _encode_stored(destination, image, malloc):
     the bytes unchanged; uint8 HxWx3 pixels -> mode raw."""
     from ffcv.fields.rgb_image import IMAGE_MODES
     if isinstance(image, tuple):
-        data, height, width = image
+        data, height, width = image[:3]
         destination['mode'] = IMAGE_MODES['jpg']
     else:
         data, (height, width) = np.ascontiguousarray(image).reshape(-1), image.shape[:2]
@@ -209,9 +226,9 @@ def _encode_stored(destination, image, malloc):
 
 def image_field(opts):
     """The 'image' field: ffcv's RGBImageField (so that any ffcv reader reads the file), its
-    encode replaced by _encode_stored for write_mode=original."""
+    encode replaced by _encode_stored for write_mode=original and restart."""
     from ffcv.fields import RGBImageField
-    if opts['write_mode'] != 'original':
+    if opts['write_mode'] not in BYTE_MODES:
         return RGBImageField(write_mode=opts['write_mode'], max_resolution=opts['max_resolution'],
                              jpeg_quality=opts['jpeg_quality'],
                              compress_probability=opts['compress_probability'])
@@ -222,10 +239,12 @@ def image_field(opts):
 
 def page_size(paths, opts):
     """ffcv's page size: every stored image must fit in one page. original: the largest
-    file (converted files that would not fit raw are stored as JPEG 95 instead); else the
-    raw size of a max_resolution image (default cap: 8 MiB pages)."""
-    if opts['write_mode'] == 'original':
+    file (converted files that would not fit raw are stored as JPEG 95 instead; restart
+    adds a few bytes per MCU); else the raw size of a max_resolution image (default cap:
+    8 MiB pages)."""
+    if opts['write_mode'] in BYTE_MODES:
         need = max(os.stat(p).st_size for p in paths)
+        need += need // 8 + 65536 if opts['write_mode'] == 'restart' else 0
     else:
         need = (opts['max_resolution'] or 1024) ** 2 * 3
     return max(1 << 23, 1 << math.ceil(math.log2(need + 1)))
@@ -340,12 +359,13 @@ class ImageSet:
     Paths sit in one bytes array, not a list of objects, so that forked workers touching
     them do not copy the parent's pages through reference counting."""
 
-    def __init__(self, paths, labels, reals, seed, original=False, page=1 << 23):
+    def __init__(self, paths, labels, reals, seed, original=False, page=1 << 23, restart=False):
         self.paths = np.array([os.fsencode(p) for p in paths])
         self.labels, self.reals = labels, reals
-        self.seed, self.original, self.page = seed, original, page
+        self.seed, self.original, self.page, self.restart = seed, original, page, restart
         self.bad = mp.RawArray('b', len(paths))
         self.converted = mp.RawArray('b', len(paths))
+        self.kept_original = mp.RawArray('b', len(paths))  # restart: transcode not used
 
     def __len__(self):
         return len(self.paths)
@@ -355,7 +375,9 @@ class ImageSet:
         image = np.zeros((1, 1, 3), np.uint8)
         try:
             path = os.fsdecode(self.paths[i])
-            image = load_original(path) if self.original else load_rgb(path)
+            image = load_original(path, self.restart) if self.original else load_rgb(path)
+            if self.restart and isinstance(image, tuple):
+                self.kept_original[i] = not image[3]
             if self.original and not isinstance(image, tuple):
                 self.converted[i] = CONVERTED_RAW
                 if image.nbytes > self.page:  # too big for a page raw: as TFDS did
@@ -434,7 +456,7 @@ def _on_sigterm(signum, frame):
 def _why_bad(path, write_mode):
     """'path: why' for a file a writer process could not store."""
     try:
-        load_original(path) if write_mode == 'original' else load_rgb(path)
+        load_original(path) if write_mode in BYTE_MODES else load_rgb(path)
         return f'{path}: failed in the writer process'
     except Exception as err:
         return f'{path}: {type(err).__name__}: {err}'
@@ -507,10 +529,10 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     given = dict(max_resolution=max_resolution, write_mode=write_mode, jpeg_quality=jpeg_quality,
                  compress_probability=compress_probability, chunk_size=chunk_size)
     opts = {k: DEFAULTS[k] if v is None else v for k, v in given.items()}
-    if opts['write_mode'] == 'original' and opts['max_resolution'] is not None:
-        raise ConversionError(f'max_resolution={max_resolution}: write_mode=original stores '
-                              f'the files unchanged; a resolution cap needs write_mode raw, '
-                              f'jpg or proportion.')
+    if opts['write_mode'] in BYTE_MODES and opts['max_resolution'] is not None:
+        raise ConversionError(f'max_resolution={max_resolution}: write_mode='
+                              f'{opts["write_mode"]} stores the files at full size; a '
+                              f'resolution cap needs write_mode raw, jpg or proportion.')
     out = Path(write_path)
     if out.exists() and not overwrite:
         raise ConversionError(f'{out} exists. Pass --cfg.overwrite=1 (overwrite=True) to '
@@ -533,8 +555,8 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
     start, skipped = time.time(), []
     try:
         while True:  # a second pass only when skip_bad found undecodable files
-            images = ImageSet(paths, labels, reals, seed, opts['write_mode'] == 'original',
-                              page_size(paths, opts))
+            images = ImageSet(paths, labels, reals, seed, opts['write_mode'] in BYTE_MODES,
+                              page_size(paths, opts), opts['write_mode'] == 'restart')
             bad = write_beton(tmp, images, fields, workers, opts['chunk_size'], progress)
             if len(bad) == 0:
                 break
@@ -557,12 +579,15 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
         converted = np.frombuffer(images.converted, np.int8)
         meta = {'classes': classes, 'split': split, 'num_images': len(paths),
                 'has_real': reals is not None, 'skipped': skipped,
-                'faithful': all(opts[k] == v for k, v in FAITHFUL.items()),
+                'faithful': opts['write_mode'] in BYTE_MODES and opts['max_resolution'] is None,
                 'converted': {str(paths[i]): 'raw' if converted[i] == CONVERTED_RAW else 'jpg95'
                               for i in np.flatnonzero(converted)},
                 'settings': dict(opts, data_dir=str(data_dir), real_labels=str(real_labels),
                                  classes_from=str(classes_from), seed=seed,
                                  minival_fraction=minival_fraction)}
+        if opts['write_mode'] == 'restart':  # files whose transcode would change pixels
+            meta['restart_kept_original'] = int(np.frombuffer(images.kept_original,
+                                                              np.int8).sum())
         tmp_json = Path(f'{tmp}.json')
         tmp_json.write_text(json.dumps(meta, indent=1))
         os.replace(tmp_json, f'{out}.json')

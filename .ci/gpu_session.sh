@@ -6,7 +6,7 @@
 #                                          # real torchrun runs: twice unbroken, SIGTERM + resume
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
 #   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
-# Knobs: TRAIN_BETON=train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
+# Knobs: TRAIN_BETON=train_restart (same pixels, faster crops), train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
 # PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...".
 # Needs the offline wheels in .whl/ (../shared/gpu-kit: `mkdir -p .whl && cp
 # ../shared/gpu-kit/*.whl ../shared/gpu-kit/smoke_test.py .whl/`) and, where built, build/.
@@ -63,6 +63,8 @@ data() {
     $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/$split.beton" \
         --cfg.split=$split --cfg.overwrite=1 2>&1 | tail -n 1
   done
+  $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/train_restart.beton" \
+      --cfg.split=train --cfg.write_mode=restart --cfg.overwrite=1 2>&1 | tail -n 1
   [ "${RAW:-0}" = 1 ] && $PY write_ffcv.py --cfg.data_dir="$WORK/photos" \
       --cfg.write_path="$WORK/train_raw.beton" --cfg.split=train --cfg.write_mode=raw \
       --cfg.overwrite=1 2>&1 | tail -n 1
@@ -71,7 +73,8 @@ data() {
 loader() {
   say "loader (issue 10, item 2)"
   for w in ${LOADER_WORKERS:-16 8}; do
-    $PY benchmark.py loader --beton "$WORK/train.beton" --batch-size 128 --workers $w \
+    $PY benchmark.py loader --beton "$WORK/train.beton" --compare "$WORK/train_restart.beton" \
+        --batch-size 128 --workers $w \
         --batches 30 2>&1 | grep RESULT
   done | tee "$LOGS/loader.log"
 }

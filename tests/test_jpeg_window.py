@@ -178,3 +178,76 @@ def test_missing_compiler_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(RuntimeError, match="no-such-cc.*apt-get install gcc libjpeg-dev"):
         jw.ensure_built()
+
+
+# ------------------------------------------------- restart-indexed files (write_mode=restart)
+def _random_windows(rng, height, width, n):
+    """Edges, single rows and columns, the whole image, then n uniform windows."""
+    wins = [(0, 0, height, width), (height - 1, width - 1, 1, 1), (0, width - 1, height, 1),
+            (height - 1, 0, 1, width), (0, 0, 1, 1)]
+    for _ in range(n):
+        h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
+        wins.append((int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)),
+                     h, w))
+    return wins
+
+
+def test_restart_transcode_decodes_like_tf(golden):
+    """The transcode keeps every pixel of TF's full decode and of each golden
+    decode_and_crop_jpeg window, and its windows take the MCU-copying path."""
+    z, n = golden
+    for i in range(n):
+        data = jw.restart(_data(z, i))
+        assert b"\xff\xdd\x00\x04\x00\x01" in data and jw.indexed(data), i  # DRI = 1 MCU
+        assert not jw.indexed(_data(z, i))
+        np.testing.assert_array_equal(jw.decode(data), z[f"decoded_{i}"], err_msg=f"file {i}")
+        for j in range(3):
+            y, x, h, w = (int(v) for v in z["windows"][i, j])
+            np.testing.assert_array_equal(jw.decode_window(data, y, x, h, w),
+                                          z[f"crop_{i}_{j}"], err_msg=f"window {i},{j}")
+
+
+SAMPLINGS = {"4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420",
+             "4:2:2": "IMWRITE_JPEG_SAMPLING_FACTOR_422",
+             "4:4:4": "IMWRITE_JPEG_SAMPLING_FACTOR_444",
+             "4:4:0": "IMWRITE_JPEG_SAMPLING_FACTOR_440",
+             "4:1:1": "IMWRITE_JPEG_SAMPLING_FACTOR_411"}
+
+
+@pytest.mark.parametrize("sampling", [*SAMPLINGS, "progressive", "gray"])
+def test_restart_windows_equal_the_plain_path(photos, sampling):
+    """Every chroma layout, odd and tiny sizes, edge and one-pixel windows: a restart file's
+    window (only its MCUs decoded) equals the original file's (the path checked against TF
+    above), which rules out the traps of the smaller image (the upsampler libjpeg picks by
+    width, the context rows of vertically subsampled chroma, the true edges)."""
+    import cv2
+    rng = np.random.default_rng(len(sampling))
+    photo = photos["astronaut"]
+    for height, width in [(375, 500), (333, 251), (17, 40), (40, 7), (9, 8), (1, 1), (2, 3)]:
+        img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:height, :width])
+        if sampling in SAMPLINGS:
+            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [
+                cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                getattr(cv2, SAMPLINGS[sampling])])
+            data = buf.tobytes()
+        else:
+            out = io.BytesIO()
+            pil = Image.fromarray(img)
+            (pil.convert("L") if sampling == "gray" else pil).save(
+                out, "JPEG", quality=85, progressive=sampling == "progressive")
+            data = out.getvalue()
+        fast = jw.restart(data)
+        assert jw.indexed(fast), (sampling, height, width)
+        for y, x, h, w in _random_windows(rng, height, width, 40):
+            np.testing.assert_array_equal(
+                jw.decode_window(fast, y, x, h, w), jw.decode_window(data, y, x, h, w),
+                err_msg=f"{sampling} {height}x{width} window {(y, x, h, w)}")
+
+
+def test_truncated_restart_file_raises(golden):
+    data = jw.restart(_data(golden[0], 0))
+    h, w = jw.header(data)
+    with pytest.raises(ValueError, match="not a decodable JPEG"):
+        jw.decode_window(data[:len(data) // 2], h - 20, 0, 20, w)
+    with pytest.raises(ValueError, match="not a decodable JPEG"):
+        jw.restart(_data(golden[0], 0)[:len(data) // 3])

@@ -156,6 +156,8 @@ def betons(data, tmp_path_factory):
     root, _, _ = data
     out = tmp_path_factory.mktemp('betons')
     convert(root / 'train', out / 'original.beton', 'train', chunk_size=4, **OPTS)
+    convert(root / 'train', out / 'restart.beton', 'train', write_mode='restart', chunk_size=4,
+            **OPTS)
     convert(root / 'train', out / 'train.beton', 'train', write_mode='proportion',
             compress_probability=0.5, jpeg_quality=95, chunk_size=4, **CAPPED)
     convert(root / 'train', out / 'train_1w.beton', 'train', write_mode='proportion',
@@ -180,7 +182,8 @@ def test_sidecars(betons):
         assert meta['skipped'] == []
     assert read_sidecar(betons / 'val.beton.json')['settings']['write_mode'] == 'jpg'
     assert read_sidecar(betons / 'minival.beton')['settings']['write_mode'] == 'raw'
-    for name, faithful in (('original', True), ('v2', True), ('train', False), ('val', False)):
+    for name, faithful in (('original', True), ('restart', True), ('v2', True),
+                           ('train', False), ('val', False)):
         meta = read_sidecar(betons / f'{name}.beton')
         assert meta['faithful'] is faithful, name
         assert (meta['settings']['max_resolution'] is None) is faithful, name
@@ -213,8 +216,42 @@ def test_original_storage_keeps_each_jpeg_byte_for_byte(data, betons):
     assert {Path(p).name for p in converted} == {'cmyk.JPEG', 'png.JPEG'} - {p.name for p in held}
 
 
+def test_restart_storage_has_the_same_pixels_and_crops(data, betons):
+    """write_mode=restart: each JPEG stored as its lossless restart transcode (every file's
+    full decode equals the original's), the converted files as in original storage, and
+    through a real Loader the same train crops, pixel for pixel, as the original bytes."""
+    import rand_augment as ra
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+    meta = read_sidecar(betons / 'restart.beton')
+    assert meta['faithful'] is True and meta['restart_kept_original'] == 0
+    assert meta['converted'] == read_sidecar(betons / 'original.beton')['converted']
+    _, modes, fast = stored(betons / 'restart.beton')
+    _, modes0, slow = stored(betons / 'original.beton')
+    assert modes.tolist() == modes0.tolist() and (modes == 0).sum() >= 20
+    for mode, a, b in zip(modes, fast, slow):
+        if mode == 0:
+            assert jpeg_window.indexed(a) and not jpeg_window.indexed(b)
+            assert np.array_equal(jpeg_window.decode(a), jpeg_window.decode(b))
+        else:
+            assert np.array_equal(a, b)
+    batches = {}
+    for name in ('restart', 'original'):
+        clock = ra.AugmentClock(7)
+        loader = Loader(str(betons / f'{name}.beton'), batch_size=24, num_workers=2,
+                        order=OrderOption.SEQUENTIAL, drop_last=False,
+                        pipelines={'image': [ra.InceptionCropDecoder(clock, 40)],
+                                   'label': [IntDecoder()]})
+        batches[name] = []
+        for epoch in range(3):
+            clock.set_epoch(epoch)
+            batches[name] += [np.array(b[0]) for b in loader]
+    assert np.array_equal(np.concatenate(batches['restart']),
+                          np.concatenate(batches['original']))
+
+
 def test_original_storage_rejects_a_resolution_cap(photos, tmp_path):
-    with pytest.raises(ConversionError, match='write_mode=original stores the files unchanged'):
+    with pytest.raises(ConversionError, match='write_mode=original stores the files at full'):
         convert(small_tree(photos, tmp_path / 'in'), tmp_path / 'x.beton', 'val', **CAPPED)
 
 
@@ -352,7 +389,7 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
 
 def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch):
     # a non-image makes the field's encode raise inside a forked writer process
-    monkeypatch.setattr(write_ffcv, 'load_original', lambda path: 'not an image')
+    monkeypatch.setattr(write_ffcv, 'load_original', lambda path, restart=False: 'not an image')
     out = tmp_path / 'out' / 'val.beton'
     with pytest.raises(ConversionError, match='writer process died'):
         convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
