@@ -5,7 +5,7 @@
 as the val folder; write_ffcv.py converts train (and its minival share) and val; then
 train_vit.py trains with configs/demo.yaml through the same code path as the ImageNet runs
 (inception crop, RandAugment, mixup, AdamW with warmup + cosine, bf16 autocast, evals,
-checkpoints, summary). The bar: >= 90% val top-1 in under 5 minutes on 2 CPU cores.
+checkpoints, summary). The bar: >= 90% val top-1 in under 5 minutes on 2 quiet CPU cores.
 
     python demo.py                          # data in demo_data/, run in runs/demo
     python demo.py --training.epochs=10     # any train_vit.py override is passed on
