@@ -184,7 +184,7 @@ int jpeg_window_indexed(const uint8_t *data, size_t size) {
 int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, int w,
                        uint8_t *out, int out_stride) {
   struct jw_layout L;
-  int r0, r1, c0, c1, margin, rows, cols, code;
+  int r0, r1, c0, c1, margin, sub_h, sub_w, code;
   long k, last, copied = 0;
   size_t q, start, n_out;
   uint8_t *sub;
@@ -202,18 +202,16 @@ int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, in
    * (fancy only above 2 samples), so a one-MCU image could get another one than TF's. */
   if (c1 == c0 && c0 > 0) c0--;
   else if (c1 == c0 && c1 < L.mcus_x - 1) c1++;
-  rows = r1 - r0 + 1;
-  cols = c1 - c0 + 1;
-  if (rows == L.mcus_y && cols == L.mcus_x)
+  if (r1 - r0 + 1 == L.mcus_y && c1 - c0 + 1 == L.mcus_x) /* nothing to leave out */
     return jw_decode(data, size, y, x, h, w, out, out_stride);
-  n_out = L.entropy + size + 2 * (size_t)rows * cols + 2;
+  n_out = L.entropy + size + 2 * (size_t)(r1 - r0 + 1) * (c1 - c0 + 1) + 2; /* + RSTs, EOI */
   if (!(sub = malloc(n_out))) return jw_decode(data, size, y, x, h, w, out, out_stride);
   memcpy(sub, data, L.entropy);
   /* the smaller image: the window's MCU rows and columns, the true edge where it is one */
-  rows = r1 == L.mcus_y - 1 ? L.height - r0 * L.mcu_h : rows * L.mcu_h;
-  cols = c1 == L.mcus_x - 1 ? L.width - c0 * L.mcu_w : cols * L.mcu_w;
-  sub[L.sof + 5] = rows >> 8; sub[L.sof + 6] = rows & 255;
-  sub[L.sof + 7] = cols >> 8; sub[L.sof + 8] = cols & 255;
+  sub_h = r1 == L.mcus_y - 1 ? L.height - r0 * L.mcu_h : (r1 - r0 + 1) * L.mcu_h;
+  sub_w = c1 == L.mcus_x - 1 ? L.width - c0 * L.mcu_w : (c1 - c0 + 1) * L.mcu_w;
+  sub[L.sof + 5] = sub_h >> 8; sub[L.sof + 6] = sub_h & 255;
+  sub[L.sof + 7] = sub_w >> 8; sub[L.sof + 8] = sub_w & 255;
   n_out = L.entropy;
   last = (long)r1 * L.mcus_x + c1;
   for (k = 0, start = q = L.entropy; k <= last && q + 1 < size;) {
