@@ -146,11 +146,12 @@ static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
     if (m == 0xFF) { p++; continue; }
     if (len < 2 || p + 2 + len > n) return 0;
     if (m == 0xC0 || m == 0xC1) {
+      if (len < 11 || len < 8 + 3 * d[p + 9]) return 0; /* len >= 11 first: d[p + 9] is in */
       L->sof = p;
       L->height = be16(d + p + 5);
       L->width = be16(d + p + 7);
       nf = d[p + 9];
-      if (len < 8 + 3 * nf || nf < 1 || nf > 4) return 0;
+      if (nf < 1 || nf > 4) return 0;
       for (i = 0; i < nf; i++) {
         int hs = d[p + 11 + 3 * i] >> 4, vs = d[p + 11 + 3 * i] & 15;
         if (nf == 1 && (hs != 1 || vs != 1)) return 0;
@@ -162,7 +163,7 @@ static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
     } else if (m == 0xDD && len == 4) {
       dri = be16(d + p + 4);
     } else if (m == 0xDA) {
-      if (!L->sof || dri != 1 || d[p + 4] != nf || L->height == 0 || L->width == 0) return 0;
+      if (len < 6 + 2 * nf || !L->sof || dri != 1 || d[p + 4] != nf || L->height == 0 || L->width == 0) return 0;
       L->entropy = p + 2 + len;
       L->mcu_w = 8 * maxh;
       L->mcu_h = 8 * maxv;

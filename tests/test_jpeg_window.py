@@ -251,3 +251,28 @@ def test_truncated_restart_file_raises(golden):
         jw.decode_window(data[:len(data) // 2], h - 20, 0, 20, w)
     with pytest.raises(ValueError, match="not a decodable JPEG"):
         jw.restart(_data(golden[0], 0)[:len(data) // 3])
+
+
+def test_damaged_restart_files_fail_cleanly(golden):
+    """The restart path reads the header itself: flipped bytes anywhere (header, tables,
+    entropy data, markers) and truncations give pixels or a ValueError, never a crash or a
+    read outside the bytes (the loader thread would take the whole run down)."""
+    rng = np.random.default_rng(0)
+    data = np.frombuffer(jw.restart(_data(golden[0], 1)), np.uint8)
+    h, w = jw.header(data)
+    sos = data.tobytes().index(b"\xff\xda")
+    outcomes = {"pixels": 0, "error": 0}
+    for trial in range(1500):
+        bad = data.copy()
+        at = rng.integers(0, sos + 40) if trial % 2 else rng.integers(0, len(data))
+        bad[at] = rng.integers(0, 256)
+        if trial % 5 == 0:
+            bad = bad[:rng.integers(2, len(bad))]
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        try:
+            jw.decode_window(bad.copy(), y, x, int(rng.integers(1, h - y)),
+                             int(rng.integers(1, w - x)))
+            outcomes["pixels"] += 1
+        except ValueError:
+            outcomes["error"] += 1
+    assert min(outcomes.values()) > 50, outcomes
