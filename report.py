@@ -70,6 +70,50 @@ def compiled_frames():
 
 
 # --- what a run writes ---------------------------------------------------------------------
+class SpeedWindows:
+    """The trainer's clock and per-window sums. Steps are timed in log windows, each ending
+    in a device sync (its time is the device's, not that of the host queueing steps ahead);
+    the first window of a session pays for compilation and is left out of the steady speed.
+    The window's loss, grad-norm and non-finite sums stay on the device: no sync per step.
+    `train_time` (seconds in steps) carries over resumed sessions through the checkpoint."""
+
+    def __init__(self, device, train_time=0.0):
+        self.device, self.train_time = device, train_time
+        self.session_time, self.session_windows = 0.0, 0
+        self.steady_steps, self.steady_time = 0, 0.0
+        self.reset()
+
+    def reset(self):
+        zero = torch.zeros((), device=self.device)
+        self.loss, self.grad_norm, self.nonfinite = zero, zero.clone(), zero.int()
+        self.steps, self.data_wait, self.gpu_wait, self.start = 0, 0.0, 0.0, None
+
+    def add(self, loss, grad_norm):
+        """One step's loss and grad norm (device tensors)."""
+        self.loss += loss
+        self.grad_norm += grad_norm
+        self.nonfinite += (~torch.isfinite(loss)).int()
+        self.steps += 1
+
+    def close(self):
+        """Wait for the device, then add the window's seconds to the totals; returns them."""
+        _sync(self.device)
+        seconds = time.perf_counter() - self.start
+        self.train_time += seconds
+        self.session_time += seconds
+        if self.session_windows > 0:
+            self.steady_steps += self.steps
+            self.steady_time += seconds
+        self.session_windows += 1
+        return seconds
+
+    def img_s(self, global_batch, session_steps):
+        """Images/s of the session: steady windows when there are any, else all of it."""
+        if self.steady_steps:
+            return self.steady_steps * global_batch / self.steady_time
+        return session_steps * global_batch / max(self.session_time, 1e-9)
+
+
 def epochs_done(step, global_batch, n_train):
     """Epochs after `step` steps: images seen / train images (the definition the recipe's
     step count uses; the loader's passes drop the last partial batch, so they run ahead)."""

@@ -450,11 +450,9 @@ class Trainer:
         previous = signal.signal(signal.SIGTERM, self._on_sigterm)
         self.eval_time = 0.0
         self.session_first_step, self.last_eval_step = self.step, None
-        self.session_train_time, self.session_windows = 0.0, 0
-        self.steady_steps, self.steady_time = 0, 0.0
+        self.speed = report.SpeedWindows(self.device, self.train_time)
         self.host_lead = HostLead(self.device)
         self.probe, self.warned_stuck = None, False
-        self._reset_window()
         try:
             while self.step < self.stop_step:
                 epoch, first_batch = divmod(self.step, self.steps_per_epoch)
@@ -462,24 +460,23 @@ class Trainer:
                                                       first_batch)
                 try:
                     while self.step < self.stop_step:
-                        if self.window_steps == 0:
-                            self.window_start = time.perf_counter()
+                        if self.speed.start is None:
+                            self.speed.start = time.perf_counter()
                         t0 = time.perf_counter()
                         self.host_lead.wait()
-                        self.window_gpu_wait += time.perf_counter() - t0
+                        self.speed.gpu_wait += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         batch = next(batches, None)
                         if batch is None:
                             loaders.raise_if_failed(batches)
                             break
-                        self.window_wait += time.perf_counter() - t0
+                        self.speed.data_wait += time.perf_counter() - t0
                         self.host_lead.mark()
                         self.train_step(*batch)
                         self.step += 1
                         if self.step == self.session_first_step + 1:
                             self.frames_after_first = report.compiled_frames()
                         self.pbar.update(1)
-                        self.window_steps += 1
                         stopping = self._sigterm_agreed()
                         at_end = self.step == self.stop_step
                         do_eval = (at_end or every and self.step % every == 0) and not stopping
@@ -535,9 +532,7 @@ class Trainer:
             images = images * float("nan")
         loss, grad_norm = optimization_step(self.model, self.optimizer, self.params, images,
                                             targets, precision, grad_clip_norm)
-        self.window_loss += loss
-        self.window_grad_norm += grad_norm
-        self.window_nonfinite += (~torch.isfinite(loss)).int()
+        self.speed.add(loss, grad_norm)
 
     def check_resumed_state(self, precision):
         """Before the first update of a resumed run: the checkpoint's weights give finite
@@ -555,45 +550,29 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
         return bool(flag.item())
 
-    def _reset_window(self):
-        zero = torch.zeros((), device=self.device)
-        self.window_loss, self.window_grad_norm, self.window_nonfinite = zero, zero.clone(), zero.int()
-        self.window_steps, self.window_wait, self.window_time = 0, 0.0, 0.0
-        self.window_gpu_wait = 0.0
-
     @param("optimizer.warmup_steps")
     def log_train(self, warmup_steps):
         """Every log_every steps: mean loss over the ranks and steps, lr, speed; stop on a
         non-finite loss before anything else is written; say so when the loss is still
         ln(num_classes) (uniform predictions: not learning) after STUCK_STEPS steps."""
-        if self.window_steps == 0:
+        w = self.speed
+        if w.steps == 0:
             return
-        # The window ends when the device has finished its steps, not when they were queued.
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.window_time = time.perf_counter() - self.window_start
-        stats = torch.stack([self.window_loss, self.window_nonfinite.float()])
+        seconds = w.close()
+        stats = torch.stack([w.loss, w.nonfinite.float()])
         if self.distributed:
             dist.all_reduce(stats)
-        loss = stats[0].item() / (self.window_steps * self.world_size)
+        loss = stats[0].item() / (w.steps * self.world_size)
         if stats[1].item() > 0 or not math.isfinite(loss):
             raise self._nonfinite(f"non-finite training loss ({loss}) between steps "
-                                  f"{self.step - self.window_steps} and {self.step}")
-        self.train_time += self.window_time
-        self.session_train_time += self.window_time
-        if self.session_windows > 0:  # the first window pays for compilation: left out
-            self.steady_steps += self.window_steps
-            self.steady_time += self.window_time
-        self.session_windows += 1
-        images = self.window_steps * self.batch_per_rank * self.world_size
+                                  f"{self.step - w.steps} and {self.step}")
         record = {"step": self.step, "epoch": self.epochs(self.step),
                   "train_loss": loss, "lr": self.current_lr,
-                  "grad_norm": self.window_grad_norm.item() / self.window_steps,
-                  "img_per_s": images / self.window_time,
-                  "data_wait": self.window_wait / self.window_time,
-                  "gpu_wait": self.window_gpu_wait / self.window_time,
-                  "train_time_s": self.train_time}
-        self._reset_window()
+                  "grad_norm": w.grad_norm.item() / w.steps,
+                  "img_per_s": w.steps * self.batch_per_rank * self.world_size / seconds,
+                  "data_wait": w.data_wait / seconds, "gpu_wait": w.gpu_wait / seconds,
+                  "train_time_s": w.train_time}
+        w.reset()
         uniform = math.log(self.num_classes)
         stuck = abs(loss - uniform) < 1e-3
         self.pbar.set_postfix(loss=f"{loss:.4f}" + (f"=ln({self.num_classes})" if stuck else ""),
@@ -645,7 +624,8 @@ class Trainer:
             checkpoints.save(checkpoints.capture(
                 self.raw_model, self.optimizer, step=self.step,
                 steps_per_epoch=self.steps_per_epoch, world_size=self.world_size,
-                train_time=self.train_time, config=self.config_dict(), device=self.device),
+                train_time=self.speed.train_time, config=self.config_dict(),
+                device=self.device),
                 self.folder)
         if self.distributed:
             dist.barrier()
@@ -665,16 +645,14 @@ class Trainer:
         report.plot(log, self.folder / "curves.png")
         batch = self.batch_per_rank * self.world_size
         steps = self.step - self.session_first_step
-        # Steady speed: the first logged window of the session (compilation) is left out.
-        img_s = (self.steady_steps * batch / self.steady_time if self.steady_steps
-                 else steps * batch / max(self.session_train_time, 1e-9))
         self.recompiles = report.compiled_frames() - self.frames_after_first
         summary = report.summary(
             folder=self.folder, step=self.step, total_steps=self.total_steps,
             global_batch=batch, n_train=self.n_train, session_steps=steps,
             wall_s=time.perf_counter() - self.started,
-            session_train_s=self.session_train_time, session_eval_s=self.eval_time,
-            train_time_s=self.train_time, img_s=img_s, devices=self.world_size,
+            session_train_s=self.speed.session_time, session_eval_s=self.eval_time,
+            train_time_s=self.speed.train_time, img_s=self.speed.img_s(batch, steps),
+            devices=self.world_size,
             device=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             flops_per_image=self.flops_per_image, peak_tflops=self.peak_tflops,
             peak_source=self.peak_source, recompiles=self.recompiles if self.compiled else None,
