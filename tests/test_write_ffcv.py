@@ -366,6 +366,31 @@ def small_tree(photos, root, per_class=2):
     return root
 
 
+def test_restart_keeps_the_original_bytes_where_the_transcode_differs(photos, tmp_path,
+                                                                      monkeypatch):
+    """The per-file check of write_mode=restart: a transcode whose decode differs (here a
+    transcode of another image) or that fails is not stored; the file's own bytes are, and
+    the sidecar counts them."""
+    tree = small_tree(photos, tmp_path / 'in')
+    files = sorted(tree.glob('*/*.JPEG'))
+    other = jpeg_window.restart(files[0].read_bytes())
+    def flawed(data):
+        if bytes(data) == files[1].read_bytes():
+            raise ValueError('jpeg_window: transcoding with restart markers: test')
+        return other
+    monkeypatch.setattr(jpeg_window, 'restart', flawed)
+    out = tmp_path / 'out' / 'val.beton'
+    meta = convert(tree, out, 'val', write_mode='restart', **OPTS)
+    assert meta['restart_kept_original'] == len(files) - 1 and meta['faithful'] is True
+    _, modes, payloads = stored(out)
+    assert (modes == 0).all()
+    for path, payload in zip(files, payloads):
+        if path == files[0]:
+            assert payload.tobytes() == other     # its own transcode: the same pixels
+        else:
+            assert payload.tobytes() == path.read_bytes()
+
+
 def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
     tree = small_tree(photos, tmp_path / 'in')
     (tree / WNIDS[0] / 'garbage.JPEG').write_bytes(b'<html>not a jpeg</html>')
