@@ -28,18 +28,14 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
 import torch  # noqa: E402
 
 import vit
-from report import IMAGENET_TRAIN, TPU_90EP_S, compiled_frames, measure_peak_tflops, mfu
+from report import (IMAGENET_TRAIN, TPU_90EP_S, compiled_frames, measure_peak_tflops, mfu,
+                    sync)
 
 
 def _device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def attention_shape(variant, batch_size, img_size=224):
@@ -89,23 +85,23 @@ def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224
     frames_after_first = compiled_frames()
     for _ in range(warmup - 1):
         step()
-    _sync(device)
+    sync(device)
     warmup_s = time.perf_counter() - compile_start
     start = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     step_s = (time.perf_counter() - start) / steps
     recompiles = compiled_frames() - frames_after_first
     kernels = profile_kernels(step, profile, device) if profile else ([], 0.0)
     # The optimizer's share: the same AdamW update alone, on the gradients left by a step.
     for p in params:
         p.grad = torch.zeros_like(p)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         optimizer.step()
-    _sync(device)
+    sync(device)
     opt_s = (time.perf_counter() - start) / steps
     return {"img_s": batch_size / step_s, "step_ms": step_s * 1e3, "optimizer_ms": opt_s * 1e3,
             "warmup_s": warmup_s, "flops_per_image": vit.flops_per_image(model),
@@ -120,7 +116,7 @@ def profile_kernels(step, steps, device, top=12):
     with profile(activities=activities) as prof:
         for _ in range(steps):
             step()
-        _sync(device)
+        sync(device)
     from torch.autograd import DeviceType
     times = {}
     for e in prof.events():
@@ -402,9 +398,10 @@ def cmd_storage(args):
     rows = []
     for name in args.settings.split(","):
         beton = work / f"{name}.beton"
-        cap = None if name in ("original", "restart") else args.max_resolution
+        settings = STORAGE_SETTINGS[name]
+        cap = None if settings["write_mode"] in write_ffcv.BYTE_MODES else args.max_resolution
         meta = write_ffcv.convert(args.images, beton, "val", max_resolution=cap,
-                                  overwrite=True, progress=False, **STORAGE_SETTINGS[name])
+                                  overwrite=True, progress=False, **settings)
         from ffcv.reader import Reader
         kb = sum(int(r["size"]) for r in Reader(str(beton)).alloc_table) / meta["num_images"] / 1e3
         rows.append((name, kb, loader_rates(beton, args)))
@@ -485,7 +482,7 @@ def main(argv=None):
                    + ", ".join(STORAGE_SETTINGS) + " (default: all)")
     p.add_argument("--work", default=None, help="where the betons go (default: beside --images)")
     p.add_argument("--max-resolution", type=int, default=None,
-                   help="cap for the settings other than original (default: none)")
+                   help="cap for the settings other than original and restart (default: none)")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch")
     p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
     p.add_argument("--res", type=int, default=224, help="output crop side in pixels")

@@ -26,7 +26,8 @@ IMAGENET_TRAIN = 1_268_355       # the 99% of ImageNet-1k train the recipe train
 TPU_90EP_S, TPU_300EP_S = 6.5 * 3600, 24 * 3600
 
 
-def _sync(device):
+def sync(device):
+    """Wait for the device's queued work (a no-op off CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -40,11 +41,11 @@ def measure_peak_tflops(device, dtype=torch.bfloat16, n=None, repeats=10):
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
-    _sync(device)
+    sync(device)
     return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e12
 
 
@@ -97,7 +98,7 @@ class SpeedWindows:
 
     def close(self):
         """Wait for the device, then add the window's seconds to the totals; returns them."""
-        _sync(self.device)
+        sync(self.device)
         seconds = time.perf_counter() - self.start
         self.train_time += seconds
         self.session_time += seconds
