@@ -198,6 +198,16 @@ def compile_model(model, mode="default"):
     return torch.compile(model, mode=None if mode == "default" else mode)
 
 
+def wrap_ddp(model, device):
+    """DDP with the gradients as views into its all-reduce buckets (no copy in and out of
+    them) and a static graph (the same parameters every step): the same numbers, and
+    0.5 ms of a 17.2 ms step saved on an H100 (one nccl rank, compiled, batch 128;
+    README 'Speed')."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True, static_graph=True)
+
+
 def optimization_step(model, optimizer, params, images_nchw, targets, precision, grad_clip_norm):
     """Forward (bf16 autocast unless precision='fp32'), soft-target xent, backward, global
     norm clip, AdamW step. The optimizer's lr is set by the caller. Returns detached
@@ -362,10 +372,7 @@ class Trainer:
         model = compile_model(self.raw_model, compile_mode) if self.compiled else self.raw_model
         self.peak_tflops, self.peak_source = report.peak_source(
             self.device, torch.bfloat16 if precision == "bf16" else torch.float32, peak_tflops)
-        if self.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.model = model
+        self.model = wrap_ddp(model, self.device) if self.distributed else model
 
     @param("optimizer.lr")
     @param("optimizer.weight_decay")
