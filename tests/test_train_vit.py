@@ -337,6 +337,45 @@ def test_sigterm_checkpoints_then_resume_matches(data, reference, tmp_path, caps
     assert_same_state(load_checkpoint(folder), load_checkpoint(reference))
 
 
+PREEMPTING_LAUNCH = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import train_vit
+step = train_vit.Trainer.train_step
+
+def preempted_step(self, *batch):
+    if self.step == 1 and self.rank == 0:  # as a scheduler does: SIGTERM to the launcher
+        os.kill(os.getppid(), signal.SIGTERM)
+    return step(self, *batch)
+
+train_vit.Trainer.train_step = preempted_step
+sys.exit(train_vit.main())
+"""
+
+
+def test_sigterm_to_torchrun_checkpoints_then_resume_matches(data, two_ranks, tmp_path):
+    """SIGTERM to torchrun (not to a rank): it forwards the signal, both gloo ranks stop at
+    the same step with a checkpoint, and the same command resumes to the unbroken run's
+    weights and losses. (A signal to a shell around torchrun would reach nobody: seen in
+    .ci/gpu_session.sh, where the 'stopped' run had trained to the end.)"""
+    folder = tmp_path / "preempted"
+    launch = tmp_path / "preempting_launch.py"
+    launch.write_text(PREEMPTING_LAUNCH.format(root=str(ROOT)))
+    proc = torchrun_two_ranks(data, folder, script=launch)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    stopped = re.findall(r"SIGTERM: checkpoint written at step (\d+)", proc.stdout)
+    assert len(stopped) == 1 and 2 <= int(stopped[0]) < 6, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert load_checkpoint(folder)["step"] == int(stopped[0])
+    proc = torchrun_two_ranks(data, folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"resuming at step {stopped[0]}" in proc.stdout
+    unbroken = two_ranks[0]
+    assert_same_state(load_checkpoint(folder), load_checkpoint(unbroken))
+    losses = [{r["step"]: r["train_loss"] for r in read_log(f) if "train_loss" in r}
+              for f in (folder, unbroken)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
     folder = tmp_path / "nan"
     # The loss is checked at log steps and before every checkpoint: with log_every=100 the
@@ -370,17 +409,60 @@ def test_dry_run_of_the_recipe_config(data, tmp_path, capsys):
     assert train[-1]["step"] == 2 and train[-1]["lr"] == pytest.approx(1e-3 * 1 / 10_000)
 
 
-def test_torchrun_two_ranks(data, tmp_path):
-    """2 gloo ranks: the run completes, and the logged top-1 (reduced over ranks by
-    torchmetrics) equals a recount over both ranks' shards from the final checkpoint."""
-    folder = tmp_path / "ddp"
+def test_wrap_ddp_changes_no_number(tmp_path):
+    """The trainer's DDP (gradients as bucket views, static graph) gives the same losses and
+    weights, bit for bit, as PyTorch's default DDP over 3 clipped AdamW steps: the gradients
+    set to None between steps come back as bucket views, and clipping scales them in place."""
+    import copy
+    import torch.distributed as dist
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1),
+                            rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = vit.ViT("mu/8", num_classes=4, img_size=32)
+        runs = {"default": torch.nn.parallel.DistributedDataParallel(copy.deepcopy(model)),
+                "trainer": train_vit.wrap_ddp(copy.deepcopy(model), torch.device("cpu"))}
+        assert runs["trainer"].gradient_as_bucket_view and runs["trainer"].static_graph
+        images = torch.randn(3, 8, 3, 32, 32)
+        targets = torch.softmax(torch.randn(3, 8, 4) * 3, dim=-1)
+        losses = {}
+        for name, ddp in runs.items():
+            opt = train_vit.build_optimizer(ddp.module, 1e-2, 0.1, (0.9, 0.999), 1e-8,
+                                            "auto", "cpu")
+            params = [p for p in ddp.module.parameters() if p.requires_grad]
+            losses[name] = [train_vit.optimization_step(ddp, opt, params, images[i], targets[i],
+                                                        "fp32", 0.05)[0].item()
+                            for i in range(3)]
+        assert losses["default"] == losses["trainer"] and len(set(losses["trainer"])) == 3
+        for a, b in zip(runs["default"].module.parameters(), runs["trainer"].module.parameters()):
+            assert torch.equal(a, b)
+    finally:
+        dist.destroy_process_group()
+
+
+def torchrun_two_ranks(data, folder, script="train_vit.py"):
+    """A 6-step run on 2 gloo ranks through torchrun (a real launcher and its processes)."""
     argv = args(data, folder, "--data.num_workers=1", "--training.epochs=1.2",
                 "--augment.mix_on_device=on")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"], OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node=2", "train_vit.py", *argv], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", str(script), *argv], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(data, tmp_path_factory):
+    """(folder, finished process) of one unbroken torchrun_two_ranks run."""
+    folder = tmp_path_factory.mktemp("two_ranks") / "ddp"
+    proc = torchrun_two_ranks(data, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return folder, proc
+
+
+def test_torchrun_two_ranks(data, two_ranks):
+    """2 gloo ranks: the run completes, and the logged top-1 (reduced over ranks by
+    torchmetrics) equals a recount over both ranks' shards from the final checkpoint."""
+    folder, proc = two_ranks
     assert "2 rank(s) on cpu, batch 8/rank" in proc.stdout
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["steps"] == 6 and summary["devices"] == 2
