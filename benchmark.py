@@ -384,7 +384,15 @@ def cmd_full(args, overrides):
 
 
 def cmd_photos(args):
-    out, kb = make_photo_folder(args.out, args.n)
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):
+        if not args.overwrite:  # added photos would mix with the old ones, unreported
+            raise SystemExit(f"benchmark.py photos: {out} is not empty; pass --overwrite to "
+                             f"replace the photos there (its n*/*.JPEG files) or choose "
+                             f"another --out")
+        for path in out.glob("n*/*.JPEG"):
+            path.unlink()
+    out, kb = make_photo_folder(out, args.n)
     print(f"RESULT photos: {args.n} JPEGs in {out}, mean {kb:.1f} kB (500x375, q90, 4:2:0)")
 
 
@@ -475,6 +483,8 @@ def main(argv=None):
     p = sub.add_parser("photos", help="write ImageNet-like JPEGs (size, bytes, chroma) from real photographs")
     p.add_argument("--out", required=True, help="folder to create (ImageFolder layout)")
     p.add_argument("--n", type=int, default=400, help="number of JPEGs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the photos of an earlier run in --out (else a non-empty --out is an error)")
     p.set_defaults(fn=cmd_photos)
     p = sub.add_parser("storage", help="write_ffcv storage settings: size and loader speed per core")
     p.add_argument("--images", required=True, help="an ImageFolder, e.g. from `benchmark.py photos`")

@@ -6,8 +6,10 @@
 #                                          # real torchrun runs: twice unbroken, SIGTERM + resume
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
 #   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
+#   bash .ci/gpu_session.sh setup gap        # the trainer's step vs the step benchmark's (.ci/trainer_gap.py)
 # Knobs: TRAIN_BETON=train_restart (same pixels, faster crops), train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
-# PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...".
+# PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...", UNBROKEN=unbroken (one
+# unbroken run instead of two in `train`: about a minute less).
 # Needs the offline wheels in .whl/ (../shared/gpu-kit: `mkdir -p .whl && cp
 # ../shared/gpu-kit/*.whl ../shared/gpu-kit/smoke_test.py .whl/`) and, where built, build/.
 # Logs go to $OUT (the device tool brings them back) or ./gpu_logs.
@@ -56,9 +58,14 @@ push() {
   grep -A13 "^profile" "$LOGS/push.log" | head -14
 }
 
+gap() {
+  say "where the trainer's step time goes (.ci/trainer_gap.py)"
+  $PY .ci/trainer_gap.py 2>&1 | tee "$LOGS/gap.log" | grep -E "^RESULT|^trainer_gap"
+}
+
 data() {
   say "photos and betons"
-  $PY benchmark.py photos --out "$WORK/photos" --n "${PHOTOS:-2560}" | tail -n 1
+  $PY benchmark.py photos --out "$WORK/photos" --n "${PHOTOS:-2560}" --overwrite | tail -n 1
   for split in train minival; do
     $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/$split.beton" \
         --cfg.split=$split --cfg.overwrite=1 2>&1 | tail -n 1

@@ -79,6 +79,32 @@ def photo_folder(tmp_path_factory):
     return folder
 
 
+def test_trainer_gap_script_runs_its_rows_on_cpu():
+    """.ci/trainer_gap.py (README's breakdown of the trainer's step on the H100) runs its
+    real path on CPU: DDP over gloo, train_vit's step and wrap_ddp; seven timed rows."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, ".ci/trainer_gap.py", "--variant", "mu/8",
+                           "--img-size", "32", "--batch-size", "8", "--steps", "2", "--busy", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = results(proc.stdout)
+    assert len(rows) == 7 and "DDP as the trainer wraps it" in rows[4]
+    assert all(0 < number(r"([\d.]+) ms", row) < 1e4 for row in rows)
+
+
+def test_photos_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
+    """A second `photos` into the same folder would mix its images with the first run's."""
+    out = tmp_path / "photos"
+    benchmark.main(["photos", "--out", str(out), "--n", "3"])
+    with pytest.raises(SystemExit, match="is not empty; pass --overwrite"):
+        benchmark.main(["photos", "--out", str(out), "--n", "2"])
+    assert len(list(out.glob("n*/*.JPEG"))) == 3
+    benchmark.main(["photos", "--out", str(out), "--n", "2", "--overwrite"])
+    assert len(list(out.glob("n*/*.JPEG"))) == 2
+    assert "RESULT photos: 2 JPEGs" in capsys.readouterr().out
+
+
 def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
     benchmark.main(["storage", "--images", str(photo_folder), "--settings", "original",
                     "--work", str(tmp_path), "--batch-size", "8", "--batches", "2",
