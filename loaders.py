@@ -116,10 +116,51 @@ class HostLead:
             yield batch
 
 
+class _EpochOrder:
+    """A TraversalOrder wrapper for the next epoch only (FFCV 1.0.2 Loader internals): drops
+    the first `skip` samples (resume) and, with drop_last, the final partial batch, which
+    FFCV 1.0.2's EpochIterator yields despite drop_last=True; then puts the order back."""
+
+    def __init__(self, loader, skip):
+        self.loader, self.inner, self.skip = loader, loader.traversal_order, skip
+
+    def sample_order(self, epoch):
+        self.loader.traversal_order = self.inner
+        order = self.inner.sample_order(epoch)
+        batch = self.loader.batch_size
+        end = len(order) // batch * batch if self.loader.drop_last else len(order)
+        return order[self.skip:end]
+
+
+def epoch_iterator(loader, clock, epoch, first_batch=0):
+    """iter(loader) for `epoch`, starting at batch `first_batch` (resume mid-epoch).
+
+    Sets the clock (augmentation draws and mixup batch ordinals) and FFCV's own epoch
+    counter (the shuffling order), and makes FFCV skip the epoch's first batches without
+    decoding them. Per rank under distributed=True: batch k of this rank's order. With
+    drop_last, no partial final batch (FFCV 1.0.2 would yield one).
+    If the clock's previous iterator is still running (the caller broke out of an epoch),
+    it is closed and joined first: its thread would otherwise keep preparing batches and
+    advance the new epoch's batch counters.
+    """
+    if first_batch < 0 or first_batch > len(loader):
+        raise ValueError(f"epoch_iterator: first_batch {first_batch} outside [0, "
+                         f"{len(loader)}] batches of this loader")
+    previous = getattr(clock, "_iterator", None)
+    if previous is not None and previous.is_alive():
+        previous.close()
+        previous.join()
+    clock.set_epoch(epoch, first_batch)
+    loader.next_epoch = epoch
+    loader.traversal_order = _EpochOrder(loader, first_batch * loader.batch_size)
+    clock._iterator = iter(loader)
+    return clock._iterator
+
+
 class ResumableOrder(TraversalOrder):
     """ffcv's RANDOM order in distributed mode (DistributedSampler, shuffle, padded to the
     world size; seed + epoch), cut to whole batches (ffcv 1.0.2 ignores drop_last). A resumed
-    epoch starts later through rand_augment.epoch_iterator, which skips batches without
+    epoch starts later through epoch_iterator, which skips batches without
     decoding them. ffcv builds a custom order by calling it with the Loader. The rank and
     world size are explicit, so one process needs no process group."""
 

@@ -19,8 +19,8 @@ operations capture the array's *address* (an int) and view it with `numba.carray
 run time; that is how `clock.set_epoch(...)` reaches code FFCV compiled once.
 
 Usage (the trainer): build the Loader once with `train_pipelines(clock, ...)` plus
-ToTensor/ToDevice/ToTorchImage; each epoch iterate `epoch_iterator(loader, clock, epoch,
-first_batch)` (or call `clock.set_epoch(epoch)` before each `iter(loader)`). FFCV runs
+ToTensor/ToDevice/ToTorchImage; each epoch iterate `loaders.epoch_iterator(loader, clock,
+epoch, first_batch)` (or call `clock.set_epoch(epoch)` before each `iter(loader)`). FFCV runs
 the batches of an epoch in order in one background thread, so the mixup batch counters
 advance exactly once per batch. An epoch's iterator must be finished (or closed and
 joined, which epoch_iterator does) before the next epoch starts, or its thread may still
@@ -58,7 +58,7 @@ import jpeg_window
 from augment_ops import OP_NAMES, apply_op, apply_op_inplace, level_to_arg  # noqa: F401
 from tf_image import EvalDecoder, crop_aspect, generate_random_crop, resize_bilinear  # noqa: F401
 
-__all__ = ["AugmentClock", "epoch_iterator", "InceptionCropDecoder", "RandomFlip",
+__all__ = ["AugmentClock", "InceptionCropDecoder", "RandomFlip",
            "RandAugment", "NormalizeMixup", "DeviceNormalizeMixup", "device_tail",
            "LabelMixup", "Normalize", "train_pipelines", "apply_op", "sample_crop",
            "sample_crops", "flip_draw", "randaug_draws", "mixup_coefficient", "value_range",
@@ -185,47 +185,6 @@ def _declare_os_cache_pages_readonly():
 
 
 _declare_os_cache_pages_readonly()
-
-
-class _EpochOrder:
-    """A TraversalOrder wrapper for the next epoch only (FFCV 1.0.2 Loader internals): drops
-    the first `skip` samples (resume) and, with drop_last, the final partial batch, which
-    FFCV 1.0.2's EpochIterator yields despite drop_last=True; then puts the order back."""
-
-    def __init__(self, loader, skip):
-        self.loader, self.inner, self.skip = loader, loader.traversal_order, skip
-
-    def sample_order(self, epoch):
-        self.loader.traversal_order = self.inner
-        order = self.inner.sample_order(epoch)
-        batch = self.loader.batch_size
-        end = len(order) // batch * batch if self.loader.drop_last else len(order)
-        return order[self.skip:end]
-
-
-def epoch_iterator(loader, clock, epoch, first_batch=0):
-    """iter(loader) for `epoch`, starting at batch `first_batch` (resume mid-epoch).
-
-    Sets the clock (augmentation draws and mixup batch ordinals) and FFCV's own epoch
-    counter (the shuffling order), and makes FFCV skip the epoch's first batches without
-    decoding them. Per rank under distributed=True: batch k of this rank's order. With
-    drop_last, no partial final batch (FFCV 1.0.2 would yield one).
-    If the clock's previous iterator is still running (the caller broke out of an epoch),
-    it is closed and joined first: its thread would otherwise keep preparing batches and
-    advance the new epoch's batch counters.
-    """
-    if first_batch < 0 or first_batch > len(loader):
-        raise ValueError(f"epoch_iterator: first_batch {first_batch} outside [0, "
-                         f"{len(loader)}] batches of this loader")
-    previous = getattr(clock, "_iterator", None)
-    if previous is not None and previous.is_alive():
-        previous.close()
-        previous.join()
-    clock.set_epoch(epoch, first_batch)
-    loader.next_epoch = epoch
-    loader.traversal_order = _EpochOrder(loader, first_batch * loader.batch_size)
-    clock._iterator = iter(loader)
-    return clock._iterator
 
 
 # ---------------------------------------------------------------------------------------

@@ -463,7 +463,7 @@ class Trainer:
         try:
             while self.step < self.stop_step:
                 epoch, first_batch = divmod(self.step, self.steps_per_epoch)
-                batches = rand_augment.epoch_iterator(self.train_loader, self.clock, epoch,
+                batches = loaders.epoch_iterator(self.train_loader, self.clock, epoch,
                                                       first_batch)
                 try:
                     while self.step < self.stop_step:

@@ -21,6 +21,7 @@ import pytest
 import torch
 from scipy import stats
 
+import loaders
 import rand_augment as ra
 
 SEED, RES, BS, N, NUM_CLASSES, ALPHA = 11, 32, 8, 24, 10, 0.2
@@ -174,7 +175,7 @@ def beton(dataset, tmp_path_factory):
 def _epoch(loader, clock, epoch, first_batch=0):
     """All batches of one epoch as numpy copies. Polls FFCV's background thread: when a
     pipeline raises inside it, FFCV 1.0.2 would otherwise wait for its queue forever."""
-    it = ra.epoch_iterator(loader, clock, epoch, first_batch)
+    it = loaders.epoch_iterator(loader, clock, epoch, first_batch)
     out = []
     while True:
         try:
@@ -331,9 +332,9 @@ def test_resume_mid_epoch(runs, dataset):
     assert len(again) == N // BS
     assert all(np.array_equal(r, f) for r, f in zip(again[0], runs["full2"][1][0]))
     with pytest.raises(ValueError, match="first_batch"):
-        ra.epoch_iterator(loader, clock, 0, first_batch=N // BS + 1)
+        loaders.epoch_iterator(loader, clock, 0, first_batch=N // BS + 1)
     # breaking out of an epoch: the next epoch_iterator stops the old thread first
-    next(ra.epoch_iterator(loader, clock, 1))
+    next(loaders.epoch_iterator(loader, clock, 1))
     again = _epoch(loader, clock, 1)
     assert len(again) == N // BS and clock.batches == (N // BS, N // BS)
     assert all(np.array_equal(r, f) for r, f in zip(again[-1], runs["full2"][1][-1]))

@@ -188,7 +188,7 @@ def test_resumable_order_skips_whole_batches(data):
     order, ld = loader(0, 1, 16)
     full = order.sample_order(4)
     assert len(ld) == 5 and len(full) == 80
-    resumed = rand_augment.epoch_iterator(ld, rand_augment.AugmentClock(3), 4, first_batch=2)
+    resumed = loaders.epoch_iterator(ld, rand_augment.AugmentClock(3), 4, first_batch=2)
     assert np.array_equal(resumed.order, full[32:])
     assert len(list(resumed)) == 3  # batches 2, 3, 4: no partial batch of the leftover 6
     halves = [loader(r, 2, 1)[0].sample_order(1) for r in range(2)]  # 43 batches of 1 each
