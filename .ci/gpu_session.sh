@@ -149,7 +149,9 @@ train() {
   for run in unbroken unbroken2 broken; do cp "$WORK/$run/log.jsonl" "$LOGS/log_$run.jsonl"; done
   $PY - "$WORK"/{unbroken,unbroken2,broken}/log.jsonl <<'EOF' | tee "$LOGS/compare.log"
 import json, sys
-a, b, c = ({r["step"]: r for r in map(json.loads, open(p))} for p in sys.argv[1:])
+# train records only: an eval record of the same step would hide the loss of steps 100, 200
+a, b, c = ({r["step"]: r for r in map(json.loads, open(p)) if "train_loss" in r}
+           for p in sys.argv[1:])
 print("step  loss: unbroken  unbroken2  resumed | data_wait gpu_wait img/s (unbroken)")
 for s in sorted(a.keys() & c.keys()):
     if "train_loss" in a[s]:
@@ -159,6 +161,12 @@ for s in sorted(a.keys() & c.keys()):
 for name, x in (("unbroken2", b), ("resumed", c)):
     d = [abs(x[s]["train_loss"] - a[s]["train_loss"]) for s in a if "train_loss" in a[s]]
     print(f"max |loss - unbroken| of {name}: {max(d):.5f}, mean {sum(d) / len(d):.5f}")
+import torch
+from pathlib import Path
+ck = [torch.load(Path(p).parent / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+      for p in (sys.argv[1], sys.argv[3])]
+same = ck[0].keys() == ck[1].keys() and all(torch.equal(ck[0][k], ck[1][k]) for k in ck[0])
+print(f"final weights, resumed vs unbroken: {'bit-identical' if same else 'DIFFERENT'}")
 EOF
 }
 
