@@ -5,7 +5,7 @@ one thing the trainer does per step. Run on a lent GPU box (README "Speed"), not
     python .ci/trainer_gap.py                    # ViT-S/16, batch 128, compiled (CUDA graphs)
 
 Rows: the bare step; + the loader's share on the device (lr set, the uint8 batch copied
-from pinned memory, DeviceNormalizeMixup's kernels, the loss sums of report.SpeedWindows);
+from pinned memory, rand_augment.DeviceNormalizeMixup, report.SpeedWindows' loss sums);
 DDP with PyTorch's defaults, then as the trainer wraps it (train_vit.wrap_ddp); and with
 busy CPU processes standing in for the loader threads. ms per step, median of 3 timings.
 """
@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+import rand_augment  # noqa: E402
+import report  # noqa: E402
 import train_vit  # noqa: E402
 import vit  # noqa: E402
 
@@ -63,42 +65,34 @@ def main(argv=None):
 
     u8_host = torch.randint(0, 256, (n, s, s, 3), dtype=torch.uint8)
     u8_host = u8_host.pin_memory() if cuda else u8_host
-    out, rolled = torch.empty(n, 3, s, s, device=dev), torch.empty(n, 3, s, s, device=dev)
-    t255 = torch.tensor(255.0, device=dev)
+    buffers = (torch.empty(n, 3, s, s, device=dev), torch.empty(n, 3, s, s, device=dev))
+    mix = rand_augment.DeviceNormalizeMixup(rand_augment.AugmentClock(0)).generate_code()
     targets = torch.softmax(torch.randn(n, 1000, device=dev), -1)
     fixed = torch.rand(n, 3, s, s, device=dev) * 2 - 1
 
-    def mixed():  # DeviceNormalizeMixup's kernels on a fresh copy of the uint8 batch
-        out.copy_(u8_host.to(dev, non_blocking=True).permute(0, 3, 1, 2))
-        out.div_(t255).mul_(2.0).add_(-1.0)
-        torch.mul(out[:n - 1], 0.3, out=rolled[1:])
-        torch.mul(out[n - 1:], 0.3, out=rolled[:1])
-        return out.mul_(0.7).add_(rolled)
-
     def run(name, model, opt, params, extras):
-        sums = [torch.zeros((), device=dev) for _ in range(3)]
+        sums = report.SpeedWindows(dev)
 
         def step(i):
             images = fixed
             if extras:
                 for g in opt.param_groups:
                     g["lr"] = 1e-3 * (1 + i % 7) / 7
-                images = mixed()
+                # the loader's device tail on a fresh copy of the uint8 batch
+                images = mix(u8_host.to(dev, non_blocking=True).permute(0, 3, 1, 2), buffers)
             loss, norm = train_vit.optimization_step(model, opt, params, images, targets,
                                                      "bf16", 1.0)
             if extras:
-                sums[0] += loss
-                sums[1] += norm
-                sums[2] += (~torch.isfinite(loss)).int()
+                sums.add(loss, norm)
         for i in range(8):
             step(i)
         times = []
         for _ in range(3):
-            torch.cuda.synchronize() if cuda else None
+            report.sync(dev)
             t = time.perf_counter()
             for i in range(args.steps):
                 step(i)
-            torch.cuda.synchronize() if cuda else None
+            report.sync(dev)
             times.append((time.perf_counter() - t) / args.steps * 1e3)
         ms = statistics.median(times)
         print(f"RESULT {name:46s} {ms:7.2f} ms {n / ms * 1e3:8,.0f} img/s  "
