@@ -464,7 +464,7 @@ class Trainer:
             while self.step < self.stop_step:
                 epoch, first_batch = divmod(self.step, self.steps_per_epoch)
                 batches = loaders.epoch_iterator(self.train_loader, self.clock, epoch,
-                                                      first_batch)
+                                                 first_batch)
                 try:
                     while self.step < self.stop_step:
                         if self.speed.start is None:
