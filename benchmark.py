@@ -384,15 +384,29 @@ def cmd_full(args, overrides):
 
 
 def cmd_photos(args):
+    """The photos go to a temporary folder beside --out and move in once all are written:
+    an interrupted run (error, Ctrl-C, SIGTERM) leaves neither a partial set nor the
+    temporary folder."""
+    import shutil
+    import signal
     out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()):
-        if not args.overwrite:  # added photos would mix with the old ones, unreported
-            raise SystemExit(f"benchmark.py photos: {out} is not empty; pass --overwrite to "
-                             f"replace the photos there (its n*/*.JPEG files) or choose "
-                             f"another --out")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        # added photos would mix with the old ones, unreported
+        raise SystemExit(f"benchmark.py photos: {out} is not empty; pass --overwrite to "
+                         f"replace the photos there (its n*/*.JPEG files) or choose "
+                         f"another --out")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        _, kb = make_photo_folder(tmp, args.n)
         for path in out.glob("n*/*.JPEG"):
             path.unlink()
-    out, kb = make_photo_folder(out, args.n)
+        for path in sorted(tmp.glob("n*/*.JPEG")):
+            (out / path.parent.name).mkdir(parents=True, exist_ok=True)
+            os.replace(path, out / path.parent.name / path.name)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(tmp, ignore_errors=True)
     print(f"RESULT photos: {args.n} JPEGs in {out}, mean {kb:.1f} kB (500x375, q90, 4:2:0)")
 
 

@@ -2,6 +2,7 @@
 its real path (train_vit's step, rand_augment's loader, write_ffcv's storage modes,
 train_vit.main) on tiny inputs, and its RESULT lines are checked."""
 import re
+import time
 
 import pytest
 import torch
@@ -103,6 +104,43 @@ def test_photos_refuses_a_non_empty_folder_unless_overwrite(tmp_path, capsys):
     benchmark.main(["photos", "--out", str(out), "--n", "2", "--overwrite"])
     assert len(list(out.glob("n*/*.JPEG"))) == 2
     assert "RESULT photos: 2 JPEGs" in capsys.readouterr().out
+
+
+def test_photos_interrupted_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A run that fails half-way (here: the 3rd photo's save) writes no --out and leaves no
+    temporary folder."""
+    from PIL import Image
+    save, calls = Image.Image.save, []
+
+    def failing_save(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", failing_save)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark.main(["photos", "--out", str(tmp_path / "photos"), "--n", "5"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_photos_sigterm_leaves_nothing_behind(tmp_path):
+    """A real `benchmark.py photos` process stopped by SIGTERM mid-run: exit 143, no --out,
+    no temporary folder."""
+    import signal
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "benchmark.py", "photos", "--out",
+                             str(tmp_path / "photos"), "--n", "2000"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".photos.tmp-*/n*/*.JPEG")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
