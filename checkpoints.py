@@ -12,6 +12,10 @@ torch.load(weights_only=True) reads it):
     train_time                 seconds spent in training steps, summed over resumed sessions
     config                     every setting (the dict of config.json)
     rng                        torch, numpy and python generator states (and cuda's on a GPU)
+    log_window                 only when SIGTERM stopped the run between log steps: the open
+                               log window's steps and each rank's sums (loss, grad norm,
+                               non-finite count), so that the resumed run's next record equals
+                               an unbroken run's (carried on when the ranks are the same)
 
 What is in logging.folder:
     checkpoint.pt              the latest good state
@@ -48,7 +52,8 @@ class CheckpointError(Exception):
     """A checkpoint cannot be resumed; the message names the file and what to do."""
 
 
-def capture(model, optimizer, *, step, steps_per_epoch, world_size, train_time, config, device):
+def capture(model, optimizer, *, step, steps_per_epoch, world_size, train_time, config, device,
+            log_window=None):
     """The state of a run as a checkpoint dict (the fields listed in the module docstring)."""
     epoch, batch = divmod(step, steps_per_epoch)
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -62,6 +67,8 @@ def capture(model, optimizer, *, step, steps_per_epoch, world_size, train_time, 
                      "python": [py_state[0], list(py_state[1])]}}
     if device.type == "cuda":
         state["rng"]["cuda"] = torch.cuda.get_rng_state()
+    if log_window is not None:
+        state["log_window"] = log_window
     return state
 
 

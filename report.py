@@ -87,7 +87,8 @@ class SpeedWindows:
     def reset(self):
         zero = torch.zeros((), device=self.device)
         self.loss, self.grad_norm, self.nonfinite = zero, zero.clone(), zero.int()
-        self.steps, self.data_wait, self.gpu_wait, self.start = 0, 0.0, 0.0, None
+        self.steps = 0  # in the loss window, those carried over from a checkpoint included
+        self.timed_steps, self.data_wait, self.gpu_wait, self.start = 0, 0.0, 0.0, None
 
     def add(self, loss, grad_norm):
         """One step's loss and grad norm (device tensors)."""
@@ -95,6 +96,21 @@ class SpeedWindows:
         self.grad_norm += grad_norm
         self.nonfinite += (~torch.isfinite(loss)).int()
         self.steps += 1
+        self.timed_steps += 1
+
+    def open_window(self):
+        """(sums, steps) of the loss window: float32 [loss, grad norm, non-finite count] on the
+        CPU. A SIGTERM stops a run between log steps; the checkpoint keeps these so that the
+        resumed run's next record sums the same steps in the same order as an unbroken run's."""
+        sums = torch.stack([self.loss.float(), self.grad_norm.float(), self.nonfinite.float()])
+        return sums.cpu(), self.steps
+
+    def carry_in(self, sums, steps):
+        """Continue the loss window that open_window() saved (its time is not carried: the
+        record's speed covers this session's steps only)."""
+        sums = sums.to(self.device)
+        self.loss, self.grad_norm, self.nonfinite = sums[0].clone(), sums[1].clone(), sums[2].int()
+        self.steps = steps
 
     def close(self):
         """Wait for the device, then add the window's seconds to the totals; returns them."""
@@ -103,7 +119,7 @@ class SpeedWindows:
         self.train_time += seconds
         self.session_time += seconds
         if self.session_windows > 0:
-            self.steady_steps += self.steps
+            self.steady_steps += self.timed_steps
             self.steady_time += seconds
         self.session_windows += 1
         return seconds

@@ -399,6 +399,7 @@ class Trainer:
         except checkpoints.CheckpointError as e:
             raise ConfigError(str(e)) from None
         self.resumed_from = None if ckpt is None else ckpt["step"]
+        self.carried_window = None if ckpt is None else ckpt.get("log_window")
         if ckpt is not None:
             self.step, self.train_time = ckpt["step"], ckpt["train_time"]
         for warning in warnings if self.is_main else []:
@@ -458,6 +459,10 @@ class Trainer:
         self.eval_time = 0.0
         self.session_first_step, self.last_eval_step = self.step, None
         self.speed = report.SpeedWindows(self.device, self.train_time)
+        window = self.carried_window  # a log window cut by SIGTERM: same ranks, carried on
+        if window is not None and len(window["sums"]) == self.world_size:
+            self.speed.carry_in(window["sums"][self.rank], window["steps"])
+            self.carried_window = None
         self.host_lead = HostLead(self.device)
         self.probe, self.warned_stuck = None, False
         try:
@@ -489,8 +494,12 @@ class Trainer:
                         do_eval = (at_end or every and self.step % every == 0) and not stopping
                         do_save = stopping or at_end or (checkpoint_every and
                                                          self.step % checkpoint_every == 0)
-                        if self.step % log_every == 0 or at_end or do_eval or do_save:
+                        if self.step % log_every == 0 or at_end or do_eval or (
+                                do_save and not stopping):
                             self.log_train()  # also the non-finite check, before any save
+                        elif stopping:  # the window goes into the checkpoint, unlogged
+                            self.window_loss()
+                            self.speed.close()
                         if do_eval:
                             self.evaluate()  # a non-finite eval loss stops before the save
                         if do_save:
@@ -566,17 +575,11 @@ class Trainer:
         if w.steps == 0:
             return
         seconds = w.close()
-        stats = torch.stack([w.loss, w.nonfinite.float()])
-        if self.distributed:
-            dist.all_reduce(stats)
-        loss = stats[0].item() / (w.steps * self.world_size)
-        if stats[1].item() > 0 or not math.isfinite(loss):
-            raise self._nonfinite(f"non-finite training loss ({loss}) between steps "
-                                  f"{self.step - w.steps} and {self.step}")
+        loss = self.window_loss()
         record = {"step": self.step, "epoch": self.epochs(self.step),
                   "train_loss": loss, "lr": self.current_lr,
                   "grad_norm": w.grad_norm.item() / w.steps,
-                  "img_per_s": w.steps * self.batch_per_rank * self.world_size / seconds,
+                  "img_per_s": w.timed_steps * self.batch_per_rank * self.world_size / seconds,
                   "data_wait": w.data_wait / seconds, "gpu_wait": w.gpu_wait / seconds,
                   "train_time_s": w.train_time}
         w.reset()
@@ -593,6 +596,19 @@ class Trainer:
                         f"{warmup_steps:,} steps). If it stays there, check optimizer.lr and "
                         f"the data.")
         self._log(record)
+
+    def window_loss(self):
+        """The mean loss of the log window over its steps and the ranks; raises NonFinite
+        (before anything is logged or saved) when a step's loss was not finite."""
+        w = self.speed
+        stats = torch.stack([w.loss, w.nonfinite.float()])
+        if self.distributed:
+            dist.all_reduce(stats)
+        loss = stats[0].item() / (w.steps * self.world_size)
+        if stats[1].item() > 0 or not math.isfinite(loss):
+            raise self._nonfinite(f"non-finite training loss ({loss}) between steps "
+                                  f"{self.step - w.steps} and {self.step}")
+        return loss
 
     def epochs(self, step):
         """The one definition of epochs, for the log and the summary (report.epochs_done)."""
@@ -627,12 +643,18 @@ class Trainer:
         if self._any_rank(bad):
             raise self._nonfinite(f"non-finite values at step {self.step} in "
                                   + (", ".join(bad[:3]) or "another rank's state"))
+        sums, steps = self.speed.open_window()  # steps > 0: stopped by SIGTERM between logs
+        if steps and self.distributed:  # every rank's sums, to be carried on by that rank
+            every = [torch.empty_like(sums) for _ in range(self.world_size)]
+            dist.all_gather(every, sums, group=self.cpu_group)
+            sums = torch.stack(every)
         if self.is_main:
             checkpoints.save(checkpoints.capture(
                 self.raw_model, self.optimizer, step=self.step,
                 steps_per_epoch=self.steps_per_epoch, world_size=self.world_size,
                 train_time=self.speed.train_time, config=self.config_dict(),
-                device=self.device),
+                device=self.device,
+                log_window={"steps": steps, "sums": sums.reshape(-1, 3)} if steps else None),
                 self.folder)
         if self.distributed:
             dist.barrier()

@@ -338,14 +338,18 @@ def test_sigterm_checkpoints_then_resume_matches(data, reference, tmp_path, caps
 
 
 PREEMPTING_LAUNCH = """
-import os, signal, sys
+import os, signal, sys, time
 sys.path.insert(0, {root!r})
 import train_vit
 step = train_vit.Trainer.train_step
 
 def preempted_step(self, *batch):
-    if self.step == 1 and self.rank == 0:  # as a scheduler does: SIGTERM to the launcher
+    if self.step == 3 and self.rank == 0:  # as a scheduler does: SIGTERM to the launcher
         os.kill(os.getppid(), signal.SIGTERM)
+        for _ in range(600):  # until torchrun has forwarded it: the run stops after step 4
+            if self.sigterm:
+                break
+            time.sleep(0.05)
     return step(self, *batch)
 
 train_vit.Trainer.train_step = preempted_step
@@ -356,7 +360,9 @@ sys.exit(train_vit.main())
 def test_sigterm_to_torchrun_checkpoints_then_resume_matches(data, two_ranks, tmp_path):
     """SIGTERM to torchrun (not to a rank): it forwards the signal, both gloo ranks stop at
     the same step with a checkpoint, and the same command resumes to the unbroken run's
-    weights and losses. (A signal to a shell around torchrun would reach nobody: seen in
+    weights and logged losses. The stop at step 4 cuts the log window of steps 1-5: the
+    checkpoint carries each rank's sums, so the record at step 5 is the unbroken run's, bit
+    for bit. (A signal to a shell around torchrun would reach nobody: seen in
     .ci/gpu_session.sh, where the 'stopped' run had trained to the end.)"""
     folder = tmp_path / "preempted"
     launch = tmp_path / "preempting_launch.py"
@@ -364,16 +370,19 @@ def test_sigterm_to_torchrun_checkpoints_then_resume_matches(data, two_ranks, tm
     proc = torchrun_two_ranks(data, folder, script=launch)
     assert proc.returncode != 0, proc.stdout[-3000:]
     stopped = re.findall(r"SIGTERM: checkpoint written at step (\d+)", proc.stdout)
-    assert len(stopped) == 1 and 2 <= int(stopped[0]) < 6, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert load_checkpoint(folder)["step"] == int(stopped[0])
+    assert stopped == ["4"], proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not read_log(folder)  # no record at the stop: the window goes on after the resume
+    window = load_checkpoint(folder)["log_window"]
+    assert load_checkpoint(folder)["step"] == 4 and window["steps"] == 4
+    assert window["sums"].shape == (2, 3) and window["sums"][0, 0] != window["sums"][1, 0]
     proc = torchrun_two_ranks(data, folder)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"resuming at step {stopped[0]}" in proc.stdout
     unbroken = two_ranks[0]
     assert_same_state(load_checkpoint(folder), load_checkpoint(unbroken))
-    losses = [{r["step"]: r["train_loss"] for r in read_log(f) if "train_loss" in r}
-              for f in (folder, unbroken)]
-    assert losses[0] == losses[1] and len(losses[0]) == 6
+    losses = [{r["step"]: (r["train_loss"], r["grad_norm"]) for r in read_log(f)
+               if "train_loss" in r} for f in (folder, unbroken)]
+    assert losses[0] == losses[1] and list(losses[0]) == [5, 6]
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path, capsys):
@@ -441,9 +450,10 @@ def test_wrap_ddp_changes_no_number(tmp_path):
 
 
 def torchrun_two_ranks(data, folder, script="train_vit.py"):
-    """A 6-step run on 2 gloo ranks through torchrun (a real launcher and its processes)."""
+    """A 6-step run on 2 gloo ranks through torchrun (a real launcher and its processes),
+    logged at the step-5 eval and at the end."""
     argv = args(data, folder, "--data.num_workers=1", "--training.epochs=1.2",
-                "--augment.mix_on_device=on")
+                "--augment.mix_on_device=on", "--logging.log_every=6")
     env = dict(os.environ, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"], OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node=2", str(script), *argv], cwd=ROOT, env=env,
