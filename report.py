@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 # TPUv3-8 reference (paper, section 3): 90 epochs of 1,268,355 images in 6 h 30; 300 < 24 h.
 IMAGENET_TRAIN = 1_268_355       # the 99% of ImageNet-1k train the recipe trains on
@@ -171,6 +172,60 @@ def write_atomic(path, text):
     tmp = Path(str(path) + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+class RunLog:
+    """What a run writes to logging.folder and the console, rank 0 only (on the other ranks
+    every method does nothing): config.json; log.jsonl, cut back on start to the step the
+    run resumes from (records of steps never checkpointed go, so a resumed run's log reads
+    as an unbroken run's); the progress bar and the text printed through it; at the end
+    curves.png and summary.json."""
+
+    def __init__(self, folder, config, step, stop_step, is_main, progress):
+        self.folder, self.is_main = Path(folder), is_main
+        self.path = self.folder / "log.jsonl"
+        if is_main:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.folder / "config.json", json.dumps(config, indent=2, sort_keys=True))
+            kept = [r for r in read_log(self.path) if r["step"] <= step]
+            write_atomic(self.path, "".join(json_line(r) for r in kept))
+        self.pbar = tqdm(total=stop_step, initial=step, unit="step", dynamic_ncols=True,
+                         disable=not (progress and is_main))
+
+    def print(self, text):
+        """A line on stdout, above the progress bar when it shows."""
+        if self.is_main:
+            self.pbar.write(text) if not self.pbar.disable else print(text, flush=True)
+
+    def write(self, record):
+        if self.is_main:
+            with open(self.path, "a") as f:
+                f.write(json_line(record))
+
+    def step_done(self):
+        self.pbar.update(1)
+
+    def show(self, record, stuck_at=None):
+        """The latest train record beside the progress bar; stuck_at: the loss is ln(this)."""
+        self.pbar.set_postfix(loss=f"{record['train_loss']:.4f}"
+                              + (f"=ln({stuck_at})" if stuck_at else ""),
+                              lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}",
+                              wait=f"{record['data_wait']:.0%}", refresh=False)
+
+    def finish(self, **figures):
+        """curves.png, then the summary (`summary`'s arguments but the log) as summary.json
+        and printed."""
+        if not self.is_main:
+            return
+        log = read_log(self.path)
+        plot(log, self.folder / "curves.png")
+        result = summary(folder=self.folder, log=log, **figures)
+        write_atomic(self.folder / "summary.json",
+                     json.dumps(finite_json(result), indent=2, allow_nan=False))
+        self.print(summary_text(result))
+
+    def close(self):
+        self.pbar.close()
 
 
 def duration(seconds):

@@ -15,8 +15,8 @@ Written to logging.folder (rank 0): config.json, log.jsonl (one strict JSON obje
 train metrics every logging.log_every steps, evals), checkpoint.pt and checkpoint.prev.pt
 (checkpoints.py: every logging.checkpoint_every steps and at the end), curves.png and
 summary.json at the end (report.py). Running the same command with the same folder resumes
-from checkpoint.pt, mid-epoch included, and ends bit-identical (on CPU) to a run that was
-never stopped.
+from checkpoint.pt, mid-epoch included, and ends bit-identical to a run that was never
+stopped, weights and train records (tested on CPU and on an H100).
 
 Exit codes: 0 done (or max_steps reached); 2 configuration error or unusable input file
 (nothing was trained); 1 non-finite loss, eval loss or state (nothing is saved from it; the
@@ -30,8 +30,7 @@ import os
 # the same time; numba's default 'workqueue' layer aborts on that, tbb and omp do not.
 os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
 
-import json  # noqa: E402
-import math
+import math  # noqa: E402
 import random
 import signal
 import sys
@@ -40,12 +39,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from fastargs import Param, Section, get_current_config  # noqa: F401 (demo.py reads the config)
 from fastargs.decorators import param
 from fastargs.validation import And, InRange, OneOf
-from tqdm import tqdm
 
 import checkpoints
 import cli
@@ -56,6 +53,7 @@ import report
 import vit
 from cli import ConfigError, Flag, Real, RepSize
 from loaders import HostLead
+from ranks import Ranks
 
 Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.json sidecar)").params(
     train_dataset=Param(str, "train split .beton (the 99% of ImageNet train)", required=True),
@@ -250,35 +248,18 @@ class Trainer:
     @param("eval.batch_size", "eval_batch_size")
     @param("training.seed")
     def setup_distributed(self, batch_size, eval_batch_size, seed):
-        """torchrun's env vars -> process group (nccl on GPU, gloo on CPU) and DDP, also for a
-        single torchrun process (the path an 8-GPU run takes, testable on one GPU); a plain
-        `python train_vit.py` runs one process without them."""
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        """This rank, its device and the process group (ranks.py; also for a single torchrun
+        process: the path an 8-GPU run takes); the global batches split over the ranks."""
+        self.ranks = r = Ranks()
+        self.rank, self.world_size, self.device = r.rank, r.world_size, r.device
+        self.distributed, self.is_main = r.distributed, r.is_main
         for name, value in (("training.batch_size", batch_size), ("eval.batch_size", eval_batch_size)):
             if value <= 0 or value % self.world_size:
                 raise ConfigError(f"{name}={value} does not split evenly over {self.world_size} "
                                   f"ranks: use a positive multiple of {self.world_size}")
         self.batch_per_rank = batch_size // self.world_size
         self.eval_batch_per_rank = eval_batch_size // self.world_size
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", self.local_rank)
-            torch.cuda.set_device(self.device)
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        else:
-            self.device = torch.device("cpu")
-            # Denormal floats (tiny Adam moments and activations of the zero-initialised
-            # head) slow x86 float math by 10x here; TPUs and GPU tensor cores flush them too.
-            torch.set_flush_denormal(True)
-        self.distributed = self.world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
-        if self.distributed:
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                    device_id=self.device if self.device.type == "cuda" else None)
-            # The SIGTERM flag is agreed on every step over CPU (gloo): no GPU sync per step.
-            self.cpu_group = (dist.new_group(backend="gloo") if self.device.type == "cuda"
-                              else dist.group.WORLD)
-        self.is_main = self.rank == 0
+        r.connect()
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
@@ -416,15 +397,11 @@ class Trainer:
     @param("optimizer.lr")
     @param("optimizer.warmup_steps")
     def initialize_logger(self, progress, variant, img_size, precision, lr, warmup_steps):
-        """Rank 0: the folder, config.json, log.jsonl (cut back to the resumed step), the
-        plan of the run, a warning if it ends inside the warmup, and the progress bar."""
-        self.log_path = self.folder / "log.jsonl"
+        """The run's folder and console (report.RunLog); rank 0 prints the plan of the run and
+        a warning if it ends inside the warmup."""
+        self.run_log = report.RunLog(self.folder, self.config_dict(), self.step, self.stop_step,
+                                     self.is_main, progress)
         if self.is_main:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            report.write_atomic(self.folder / "config.json",
-                                json.dumps(self.config_dict(), indent=2, sort_keys=True))
-            kept = [r for r in report.read_log(self.log_path) if r["step"] <= self.step]
-            report.write_atomic(self.log_path, "".join(report.json_line(r) for r in kept))
             n_params = sum(p.numel() for p in self.params)
             print(f"ViT-{variant} at {img_size}px: {n_params:,} parameters, "
                   f"{self.flops_per_image / 1e9:.3f} GFLOP per training image | "
@@ -445,8 +422,6 @@ class Trainer:
                       f"{lr * schedule(self.stop_step - 1, self.total_steps, warmup_steps):.3g})."
                       f" Scale optimizer.warmup_steps with the run (the recipe warms up over 9% "
                       f"of its steps).", file=sys.stderr, flush=True)
-        self.pbar = tqdm(total=self.stop_step, initial=self.step, unit="step", dynamic_ncols=True,
-                         disable=not (progress and self.is_main))
 
     @param("logging.log_every")
     @param("logging.checkpoint_every")
@@ -488,8 +463,8 @@ class Trainer:
                         self.step += 1
                         if self.step == self.session_first_step + 1:
                             self.frames_after_first = report.compiled_frames()
-                        self.pbar.update(1)
-                        stopping = self._sigterm_agreed()
+                        self.run_log.step_done()
+                        stopping = self.ranks.any(self.sigterm)  # all stop at one step
                         at_end = self.step == self.stop_step
                         do_eval = (at_end or every and self.step % every == 0) and not stopping
                         do_save = stopping or at_end or (checkpoint_every and
@@ -505,8 +480,8 @@ class Trainer:
                         if do_save:
                             self.save_checkpoint()
                         if stopping:
-                            self._print(f"SIGTERM: checkpoint written at step {self.step}; "
-                                        f"run the same command to resume")
+                            self.run_log.print(f"SIGTERM: checkpoint written at step "
+                                               f"{self.step}; run the same command to resume")
                             return EXIT_SIGTERM
                 finally:
                     loaders.stop_iterator(batches)
@@ -514,18 +489,10 @@ class Trainer:
             return EXIT_OK
         finally:
             signal.signal(signal.SIGTERM, previous)
-            self.pbar.close()
+            self.run_log.close()
 
     def _on_sigterm(self, signum, frame):
         self.sigterm = True
-
-    def _sigterm_agreed(self):
-        """All ranks stop at the same step boundary if any of them got SIGTERM."""
-        if self.world_size == 1:
-            return self.sigterm
-        flag = torch.tensor([int(self.sigterm)])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        return bool(flag.item())
 
     @param("optimizer.lr")
     @param("optimizer.warmup_steps")
@@ -554,17 +521,10 @@ class Trainer:
         """Before the first update of a resumed run: the checkpoint's weights give finite
         outputs on real images (one written before that was checked may not)."""
         bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
-        if self._any_rank(bad):
+        if self.ranks.any(bad):
             raise ConfigError(f"{self.checkpoint_path} (step {self.step:,}) cannot be resumed: "
                               f"non-finite values in {', '.join(bad[:3]) or 'another rank'}. "
                               + checkpoints.go_back(self.folder))
-
-    def _any_rank(self, flag):
-        """True on every rank if `flag` is true on any (over gloo: no GPU sync)."""
-        flag = torch.tensor([int(bool(flag))])
-        if self.distributed:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.cpu_group)
-        return bool(flag.item())
 
     @param("optimizer.warmup_steps")
     def log_train(self, warmup_steps):
@@ -585,25 +545,21 @@ class Trainer:
         w.reset()
         uniform = math.log(self.num_classes)
         stuck = abs(loss - uniform) < 1e-3
-        self.pbar.set_postfix(loss=f"{loss:.4f}" + (f"=ln({self.num_classes})" if stuck else ""),
-                              lr=f"{record['lr']:.2e}", img_s=f"{record['img_per_s']:.0f}",
-                              wait=f"{record['data_wait']:.0%}", refresh=False)
+        self.run_log.show(record, stuck_at=self.num_classes if stuck else None)
         if stuck and self.step >= STUCK_STEPS and not self.warned_stuck:
             self.warned_stuck = True
-            self._print(f"warning: the training loss is still ln({self.num_classes}) = "
-                        f"{uniform:.4f} at step {self.step:,}: the model predicts every class "
-                        f"alike, it is not learning yet (lr now {self.current_lr:.3g}, warmup "
-                        f"{warmup_steps:,} steps). If it stays there, check optimizer.lr and "
-                        f"the data.")
-        self._log(record)
+            self.run_log.print(
+                f"warning: the training loss is still ln({self.num_classes}) = {uniform:.4f} at "
+                f"step {self.step:,}: the model predicts every class alike, it is not learning "
+                f"yet (lr now {self.current_lr:.3g}, warmup {warmup_steps:,} steps). If it stays "
+                f"there, check optimizer.lr and the data.")
+        self.run_log.write(record)
 
     def window_loss(self):
         """The mean loss of the log window over its steps and the ranks; raises NonFinite
         (before anything is logged or saved) when a step's loss was not finite."""
         w = self.speed
-        stats = torch.stack([w.loss, w.nonfinite.float()])
-        if self.distributed:
-            dist.all_reduce(stats)
+        stats = self.ranks.sum(torch.stack([w.loss, w.nonfinite.float()]))
         loss = stats[0].item() / (w.steps * self.world_size)
         if stats[1].item() > 0 or not math.isfinite(loss):
             raise self._nonfinite(f"non-finite training loss ({loss}) between steps "
@@ -628,9 +584,9 @@ class Trainer:
         self.last_eval_step = self.step
         self.eval_time += time.perf_counter() - start
         record["eval_time_s"] = time.perf_counter() - start
-        self._print("eval at step {:,}: {}".format(self.step, ", ".join(
+        self.run_log.print("eval at step {:,}: {}".format(self.step, ", ".join(
             f"{k[:-5]} {v:.2%}" for k, v in record.items() if k.endswith("_top1"))))
-        self._log(record)
+        self.run_log.write(record)
         bad = [k for k, v in record.items() if k.endswith("_loss") and not math.isfinite(v)]
         if bad:
             raise self._nonfinite(f"non-finite eval loss at step {self.step} ({', '.join(bad)})")
@@ -640,24 +596,20 @@ class Trainer:
         """Check the state on every rank (checkpoints.nonfinite), then rank 0 writes it
         (checkpoints.save: checkpoint.pt, the one before as checkpoint.prev.pt)."""
         bad = checkpoints.nonfinite(self.raw_model, self.optimizer, self.probe, precision)
-        if self._any_rank(bad):
+        if self.ranks.any(bad):
             raise self._nonfinite(f"non-finite values at step {self.step} in "
                                   + (", ".join(bad[:3]) or "another rank's state"))
         sums, steps = self.speed.open_window()  # steps > 0: stopped by SIGTERM between logs
-        if steps and self.distributed:  # every rank's sums, to be carried on by that rank
-            every = [torch.empty_like(sums) for _ in range(self.world_size)]
-            dist.all_gather(every, sums, group=self.cpu_group)
-            sums = torch.stack(every)
+        sums = self.ranks.gather(sums) if steps else None  # each rank carries its own on
         if self.is_main:
             checkpoints.save(checkpoints.capture(
                 self.raw_model, self.optimizer, step=self.step,
                 steps_per_epoch=self.steps_per_epoch, world_size=self.world_size,
                 train_time=self.speed.train_time, config=self.config_dict(),
                 device=self.device,
-                log_window={"steps": steps, "sums": sums.reshape(-1, 3)} if steps else None),
+                log_window={"steps": steps, "sums": sums} if steps else None),
                 self.folder)
-        if self.distributed:
-            dist.barrier()
+        self.ranks.barrier()
 
     def _nonfinite(self, what):
         return NonFinite(f"{what}. Stopped; nothing was saved from this state. "
@@ -667,16 +619,12 @@ class Trainer:
     @param("model.variant")
     @param("model.img_size")
     def finish(self, variant, img_size):
-        """Rank 0: curves.png, then the summary (report.py), printed and as summary.json."""
-        if not self.is_main:
-            return
-        log = report.read_log(self.log_path)
-        report.plot(log, self.folder / "curves.png")
+        """curves.png and the summary (report.py), printed and as summary.json."""
         batch = self.batch_per_rank * self.world_size
         steps = self.step - self.session_first_step
         self.recompiles = report.compiled_frames() - self.frames_after_first
-        summary = report.summary(
-            folder=self.folder, step=self.step, total_steps=self.total_steps,
+        self.run_log.finish(
+            step=self.step, total_steps=self.total_steps,
             global_batch=batch, n_train=self.n_train, session_steps=steps,
             wall_s=time.perf_counter() - self.started,
             session_train_s=self.speed.session_time, session_eval_s=self.eval_time,
@@ -685,19 +633,7 @@ class Trainer:
             device=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             flops_per_image=self.flops_per_image, peak_tflops=self.peak_tflops,
             peak_source=self.peak_source, recompiles=self.recompiles if self.compiled else None,
-            log=log, variant=variant, img_size=img_size)
-        report.write_atomic(self.folder / "summary.json",
-                            json.dumps(report.finite_json(summary), indent=2, allow_nan=False))
-        self._print(report.summary_text(summary))
-
-    def _print(self, text):
-        if self.is_main:
-            self.pbar.write(text) if not self.pbar.disable else print(text, flush=True)
-
-    def _log(self, record):
-        if self.is_main:
-            with open(self.log_path, "a") as f:
-                f.write(report.json_line(record))
+            variant=variant, img_size=img_size)
 
 
 def main(argv=None):
@@ -707,7 +643,7 @@ def main(argv=None):
         config = parse_config(argv)
         trainer = Trainer(config, started)
         if trainer.step >= trainer.stop_step:
-            trainer._print(f"{trainer.checkpoint_path} is at step {trainer.step:,}: "
+            trainer.run_log.print(f"{trainer.checkpoint_path} is at step {trainer.step:,}: "
                            f"nothing left to train (stop step {trainer.stop_step:,})")
             return EXIT_OK
         return trainer.train()
@@ -718,8 +654,7 @@ def main(argv=None):
         print(f"train_vit.py: error: {e}", file=sys.stderr)
         return EXIT_NONFINITE
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        Ranks.close()
 
 
 if __name__ == "__main__":
