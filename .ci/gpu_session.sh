@@ -4,6 +4,7 @@
 #   bash .ci/gpu_session.sh setup step      # wheels, smoke test, step benchmark + profile, GPU tests
 #   bash .ci/gpu_session.sh setup data loader train  # photos -> betons, loader at 16/8 threads,
 #                                          # real torchrun runs: twice unbroken, SIGTERM + resume
+#                                          # (exit 1 unless weights and train records match)
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
 #   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
 #   bash .ci/gpu_session.sh setup gap        # the trainer's step vs the step benchmark's (.ci/trainer_gap.py)
@@ -167,6 +168,10 @@ ck = [torch.load(Path(p).parent / "checkpoint.pt", map_location="cpu", weights_o
       for p in (sys.argv[1], sys.argv[3])]
 same = ck[0].keys() == ck[1].keys() and all(torch.equal(ck[0][k], ck[1][k]) for k in ck[0])
 print(f"final weights, resumed vs unbroken: {'bit-identical' if same else 'DIFFERENT'}")
+records = [{s: (r["train_loss"], r["grad_norm"]) for s, r in x.items()} for x in (a, c)]
+print(f"train records (loss, grad norm), resumed vs unbroken: "
+      f"{'identical' if records[0] == records[1] else 'DIFFERENT'}")
+sys.exit(0 if same and records[0] == records[1] else 1)  # the session's exit status says it
 EOF
 }
 
