@@ -473,8 +473,8 @@ class Trainer:
                                 do_save and not stopping):
                             self.log_train()  # also the non-finite check, before any save
                         elif stopping:  # the window goes into the checkpoint, unlogged
-                            self.window_loss()
                             self.speed.close()
+                            self.window_loss()
                         if do_eval:
                             self.evaluate()  # a non-finite eval loss stops before the save
                         if do_save:
@@ -644,7 +644,7 @@ def main(argv=None):
         trainer = Trainer(config, started)
         if trainer.step >= trainer.stop_step:
             trainer.run_log.print(f"{trainer.checkpoint_path} is at step {trainer.step:,}: "
-                           f"nothing left to train (stop step {trainer.stop_step:,})")
+                                  f"nothing left to train (stop step {trainer.stop_step:,})")
             return EXIT_OK
         return trainer.train()
     except ConfigError as e:
