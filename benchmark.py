@@ -186,7 +186,8 @@ def make_photo_folder(out, n=400, classes=4, seed=0, texture=1.2, noise=13.0):
 
 
 STORAGE_SETTINGS = {  # name -> write_ffcv options; 'original' is the default and faithful one
-    "original": dict(write_mode="original"),
+    "original": dict(write_mode="original", window_index=32),  # the train split's default
+    "original-bare": dict(write_mode="original", window_index=0),  # without the index
     "restart": dict(write_mode="restart"),  # the same pixels, a faster crop decode
     "raw": dict(write_mode="raw"),
     "proportion-95": dict(write_mode="proportion", jpeg_quality=95, compress_probability=0.5),
@@ -348,14 +349,16 @@ def cmd_loader(args):
 
 
 def _storage(beton):
-    """'write_mode[, max N px]' from the beton's sidecar, or its file name without one."""
+    """'write_mode[, max N px][ + index N px]' from the beton's sidecar, or its file name
+    without one."""
     try:
         import write_ffcv
         opts = write_ffcv.read_sidecar(beton)["settings"]
     except Exception:
         return Path(beton).name
-    cap = opts.get("max_resolution")
-    return opts.get("write_mode", "?") + (f", max {cap} px" if cap else "")
+    cap, span = opts.get("max_resolution"), opts.get("window_index")
+    return (opts.get("write_mode", "?") + (f", max {cap} px" if cap else "")
+            + (f" + index {span} px" if span else ""))
 
 
 def cmd_full(args, overrides):

@@ -7,6 +7,9 @@
  * entropy-decoding the rest of the file: that is most of the speed (the one behavioural
  * difference: a file damaged below the window, which TF rejects, decodes here). The whole
  * image is the window (0, 0, H, W), which is tf.io.decode_jpeg(channels=3).
+ * Two faster paths give the same pixels by decoding a smaller JPEG made of the window's
+ * MCUs: a file followed by its window index (write_ffcv's train default, below) and a file
+ * with a restart marker after every MCU (write_mode=restart). jpeg_window_decode picks.
  * Built by jpeg_window.py (the one place that holds the compiler command). */
 #include <setjmp.h>
 #include <stddef.h>
@@ -124,22 +127,42 @@ static int jw_decode(const uint8_t *data, size_t size, int y, int x, int h, int 
 /* ---- Restart-indexed files: entropy-decode the window's MCUs only ----------------------
  * A baseline single-scan JPEG with a restart marker after every MCU (write_ffcv's
  * write_mode=restart, made by jpeg_window_restart below) has every MCU byte-aligned with
- * its DC predictors reset, so the window's MCUs (plus one MCU row above and below where
- * chroma is vertically subsampled: the fancy upsampler's context) can be copied into a
+ * its DC predictors reset, so the window's MCUs (plus the fancy upsampler's context rows,
+ * jw_rows) can be copied into a
  * smaller JPEG whose decode, cropped the same way relative to the MCU grid, gives the same
  * pixels as TF's decode of the whole file (tests/test_jpeg_window.py checks it against the
  * golden windows and the plain path). The rows above the window, which the plain path must
  * entropy-decode, cost nothing here. */
+
+/* Zero bytes after a smaller JPEG's EOI, where libjpeg never reads: libjpeg-turbo takes its
+ * fast Huffman decoder only while 512 bytes per block of an MCU remain in the buffer, so
+ * without them the last kilobytes of every window would take the slow one (same pixels). */
+#define JW_PAD 8192
 struct jw_layout { size_t sof, entropy; int height, width, mcu_w, mcu_h, mcus_x, mcus_y; };
+/* A DHT table as stored (bits[1..16]: codes per length; vals: the symbols). */
+struct jw_table { uint8_t bits[17], vals[256]; int defined; };
+/* A baseline file's single interleaved scan: its layout, restart interval, MCU block order
+ * (comp_of[b]: the scan component of block b; first[c]: the first block of component c)
+ * and each scan component's Huffman tables. */
+struct jw_scan {
+  struct jw_layout L;
+  size_t sos;
+  int dri, ns, nb, ss, se, ahal, comp_of[10], first[4], td[4], ta[4];
+  struct jw_table tables[2][4];
+};
 
 static int be16(const uint8_t *p) { return (p[0] << 8) | p[1]; }
 
-/* 1 and the layout when data is such a file, 0 otherwise (the plain path then decodes it). */
-static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
+/* 1 and the scan when data is a baseline (SOF0/SOF1) file whose first scan interleaves every
+ * component, 0 otherwise (the plain path then decodes it). Reads only inside d[0, n). */
+static int jw_parse(const uint8_t *d, size_t n, struct jw_scan *S) {
+  struct jw_layout *L = &S->L;
   size_t p = 2;
-  int dri = 0, nf = 0, maxh = 1, maxv = 1, i;
+  int nf = 0, maxh = 1, maxv = 1, i, ids[4] = {0}, hv[4] = {0};
   if (n < 4 || d[0] != 0xFF || d[1] != 0xD8) return 0;
   L->sof = 0;
+  S->dri = 0;
+  for (i = 0; i < 8; i++) S->tables[i / 4][i % 4].defined = 0;
   while (p + 4 <= n) {
     int m = d[p + 1], len = be16(d + p + 2);
     if (d[p] != 0xFF) return 0;
@@ -154,21 +177,55 @@ static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
       if (nf < 1 || nf > 4) return 0;
       for (i = 0; i < nf; i++) {
         int hs = d[p + 11 + 3 * i] >> 4, vs = d[p + 11 + 3 * i] & 15;
-        if (nf == 1 && (hs != 1 || vs != 1)) return 0;
+        if (hs < 1 || hs > 4 || vs < 1 || vs > 4 || (nf == 1 && (hs != 1 || vs != 1))) return 0;
+        ids[i] = d[p + 10 + 3 * i];
+        hv[i] = hs * vs;
         maxh = hs > maxh ? hs : maxh;
         maxv = vs > maxv ? vs : maxv;
+      }
+    } else if (m == 0xC4) {
+      size_t q = p + 4, end = p + 2 + len;
+      while (q < end) {
+        int tc = d[q] >> 4, th = d[q] & 15, total = 0, k;
+        struct jw_table *t;
+        if (tc > 1 || th > 3 || q + 17 > end) return 0;
+        t = &S->tables[tc][th];
+        for (k = 1; k <= 16; k++) total += t->bits[k] = d[q + k];
+        if (total > 256 || q + 17 + total > end) return 0;
+        memcpy(t->vals, d + q + 17, (size_t)total);
+        t->defined = 1;
+        q += 17 + (size_t)total;
       }
     } else if (m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
       return 0; /* progressive, lossless or arithmetic-coded */
     } else if (m == 0xDD && len == 4) {
-      dri = be16(d + p + 4);
+      S->dri = be16(d + p + 4);
     } else if (m == 0xDA) {
-      if (len < 6 + 2 * nf || !L->sof || dri != 1 || d[p + 4] != nf || L->height == 0 || L->width == 0) return 0;
+      if (len < 6 + 2 * nf || !L->sof || d[p + 4] != nf || L->height == 0 || L->width == 0)
+        return 0;
+      S->sos = p;
       L->entropy = p + 2 + len;
       L->mcu_w = 8 * maxh;
       L->mcu_h = 8 * maxv;
       L->mcus_x = (L->width + L->mcu_w - 1) / L->mcu_w;
       L->mcus_y = (L->height + L->mcu_h - 1) / L->mcu_h;
+      S->ns = nf;
+      S->nb = 0;
+      for (i = 0; i < nf; i++) {
+        int cs = d[p + 5 + 2 * i], td = d[p + 6 + 2 * i] >> 4, ta = d[p + 6 + 2 * i] & 15, c, b;
+        for (c = 0; c < nf && ids[c] != cs; c++) {}
+        if (c == nf || td > 3 || ta > 3) return 0;
+        S->td[i] = td;
+        S->ta[i] = ta;
+        S->first[i] = S->nb;
+        for (b = 0; b < (nf > 1 ? hv[c] : 1); b++) {
+          if (S->nb == 10) return 0;
+          S->comp_of[S->nb++] = i;
+        }
+      }
+      S->ss = d[p + 5 + 2 * nf];
+      S->se = d[p + 6 + 2 * nf];
+      S->ahal = d[p + 7 + 2 * nf];
       return 1;
     }
     p += 2 + len;
@@ -176,27 +233,479 @@ static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
   return 0;
 }
 
-/* 1 when data takes the restart-indexed path (tests and benchmarks ask), else 0. */
+/* The MCU rows [*r0, *r1] a smaller image needs to decode window rows [y, y + h) as the
+ * whole file does: the window's own, plus the row above (below) where vertically
+ * subsampled chroma (16-row MCUs) makes the fancy upsampler read a chroma row across the
+ * MCU boundary: for the window's first (last) row when it is an MCU's first (last). Other
+ * rows find their neighbours inside their MCU. */
+static void jw_rows(const struct jw_layout *L, int y, int h, int *r0, int *r1) {
+  *r0 = y / L->mcu_h;
+  *r1 = (y + h - 1) / L->mcu_h;
+  if (L->mcu_h > 8 && y % L->mcu_h == 0 && *r0 > 0) (*r0)--;
+  if (L->mcu_h > 8 && (y + h) % L->mcu_h == 0 && *r1 < L->mcus_y - 1) (*r1)++;
+}
+
+/* 1 and the layout when data has a restart marker after every MCU, 0 otherwise. */
+static int jw_layout_of(const uint8_t *d, size_t n, struct jw_layout *L) {
+  struct jw_scan S;
+  if (!jw_parse(d, n, &S) || S.dri != 1) return 0;
+  *L = S.L;
+  return 1;
+}
+
+/* ---- Original bytes with a window index (write_ffcv's default for the train split) ------
+ * The file's own bytes, unchanged, followed (after its EOI, where every decoder stops) by
+ * an index: for every MCU row, at every `group`-th MCU, the bit where that MCU starts in
+ * the entropy-coded data and the DC predictors there. A window then costs about what it
+ * costs in a restart file: its rows' segments (grown to whole groups) are copied byte for
+ * byte into a smaller JPEG (jw_index_decode says how), which is decoded with the same
+ * calls and the same window geometry as the restart path. The rows above the window and
+ * the columns beside it are never entropy-decoded. The index is
+ *   body: varints: version 1, group, number of points, components; then per point the bit
+ *         position's increase and each predictor's change (zigzag);
+ *   footer: u32 LE body length, u32 LE FNV-1a of the body, "JWINDEX1".
+ * Anything unusable (a bad footer or hash, a category the DC table cannot encode) takes the
+ * plain path on the JPEG's bytes, so a window is always TF's. write_ffcv also checks every
+ * index point against the plain decode before it stores a file with its index. */
+#define JW_NOINDEX -4 /* jpeg_window_index: this file cannot be indexed (kept as it is) */
+static const uint8_t jw_magic[8] = {'J', 'W', 'I', 'N', 'D', 'E', 'X', '1'};
+
+#define JW_LOOK 9 /* bits decoded by one table lookup, as libjpeg's HUFF_LOOKAHEAD (8) */
+struct jw_huff { int32_t maxcode[17], mincode[17], valptr[17]; uint16_t code[256],
+                 look[1 << JW_LOOK]; uint8_t size[256], vals[256]; };
+
+/* libjpeg's canonical codes (jpeg_make_d_derived_tbl), for decoding and encoding. */
+static int jw_huff_make(const struct jw_table *t, struct jw_huff *h, int look) {
+  int l, i, k = 0;
+  int32_t code = 0;
+  if (!t->defined) return 0;
+  memset(h->size, 0, sizeof(h->size));
+  for (l = 1; l <= 16; l++) {
+    h->valptr[l] = k;
+    h->mincode[l] = code;
+    for (i = 0; i < t->bits[l]; i++, k++, code++) {
+      h->vals[k] = t->vals[k];
+      if (!h->size[t->vals[k]]) { /* a repeated symbol keeps its first code */
+        h->code[t->vals[k]] = (uint16_t)code;
+        h->size[t->vals[k]] = (uint8_t)l;
+      }
+    }
+    h->maxcode[l] = t->bits[l] ? code - 1 : -1;
+    if (t->bits[l] && code >= (1 << l)) return 0; /* libjpeg: JERR_BAD_HUFF_TABLE */
+    code <<= 1;
+  }
+  if (!look) return 1;
+  memset(h->look, 0, sizeof(h->look)); /* 0: the code is longer than JW_LOOK bits */
+  for (l = 1, k = 0; l <= JW_LOOK; l++)
+    for (i = 0; i < t->bits[l]; i++, k++) {
+      int c = (h->mincode[l] + i) << (JW_LOOK - l), j;
+      for (j = 0; j < 1 << (JW_LOOK - l); j++) h->look[c + j] = (uint16_t)(l << 8 | t->vals[k]);
+    }
+  return 1;
+}
+
+/* The scan's tables, by id (dc[S->td[c]] is component c's), each built once; look: with
+ * the decoding lookahead. */
+static int jw_huffs(const struct jw_scan *S, struct jw_huff *dc, struct jw_huff *ac, int look) {
+  int i, built[2][4] = {{0}};
+  if (S->ss != 0 || S->se != 63 || S->ahal != 0) return 0;
+  for (i = 0; i < S->ns; i++) {
+    if (!built[0][S->td[i]] && !jw_huff_make(&S->tables[0][S->td[i]], &dc[S->td[i]], look))
+      return 0;
+    if (!built[1][S->ta[i]] && !jw_huff_make(&S->tables[1][S->ta[i]], &ac[S->ta[i]], look))
+      return 0;
+    built[0][S->td[i]] = built[1][S->ta[i]] = 1;
+  }
+  return 1;
+}
+
+/* Fillers that lengthen a block by d bits modulo 8 (d = 0..7): plan[d] lists AC symbols
+ * (run 0, size s: s magnitude bits follow), at most 7, that the lead MCU's first block
+ * can carry before its EOB. 0 if some d cannot be reached with this table. */
+static int jw_fillers(const struct jw_huff *ac, uint8_t plan[8][8]) {
+  int reached[8] = {1, 0, 0, 0, 0, 0, 0, 0}, step, d, s;
+  plan[0][0] = 0;
+  for (step = 1; step <= 7; step++)
+    for (d = 0; d < 8; d++)
+      if (reached[d] == step)
+        for (s = 1; s <= 10; s++) {
+          int e = (d + ac->size[s] + s) % 8;
+          if (ac->size[s] && !reached[e]) {
+            reached[e] = step + 1;
+            memcpy(plan[e], plan[d], 8);
+            plan[e][step - 1] = (uint8_t)s;
+            plan[e][step] = 0;
+          }
+        }
+  for (d = 0; d < 8; d++) if (!reached[d]) return 0;
+  return 1;
+}
+
+/* k <= 25 bits of u from bit `bit` (u has 8 readable bytes past any bit we look at). */
+static inline uint32_t jw_peek(const uint8_t *u, size_t bit, int k) {
+  const uint8_t *p = u + (bit >> 3);
+  uint32_t v = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+  return (v << (bit & 7)) >> (32 - k);
+}
+
+static inline int jw_huff_decode(const struct jw_huff *h, const uint8_t *u, size_t *bit) {
+  uint32_t v = jw_peek(u, *bit, 16);
+  int l, e = h->look[v >> (16 - JW_LOOK)];
+  if (e) { *bit += (size_t)(e >> 8); return e & 255; }
+  for (l = JW_LOOK + 1; l <= 16; l++) {
+    int32_t c = (int32_t)(v >> (16 - l));
+    if (c <= h->maxcode[l]) { *bit += l; return h->vals[h->valptr[l] + c - h->mincode[l]]; }
+  }
+  return -1;
+}
+
+/* Entropy-decode one MCU of unstuffed bits u from *bit, reading no further than `limit`:
+ * each block's DC difference, and where its DC code starts and ends. 0 on a bad code. */
+static int jw_mcu(const struct jw_scan *S, const struct jw_huff *dc, const struct jw_huff *ac,
+                  const uint8_t *u, size_t *bit, size_t limit, int *diff, size_t *at, size_t *end) {
+  int b, k, s, r;
+  for (b = 0; b < S->nb; b++) {
+    const struct jw_huff *hac = &ac[S->ta[S->comp_of[b]]];
+    if (*bit > limit) return 0;
+    at[b] = *bit;
+    s = jw_huff_decode(&dc[S->td[S->comp_of[b]]], u, bit);
+    if (s < 0 || s > 15 || *bit > limit) return 0;
+    r = s ? (int)jw_peek(u, *bit, s) : 0;
+    *bit += (size_t)s;
+    diff[b] = s && r < (1 << (s - 1)) ? r - (1 << s) + 1 : r; /* HUFF_EXTEND */
+    end[b] = *bit;
+    for (k = 1; k < 64; k++) {
+      if (*bit > limit || (r = jw_huff_decode(hac, u, bit)) < 0) return 0;
+      if (r & 15) { k += r >> 4; *bit += (size_t)(r & 15); }
+      else if (r >> 4 != 15) break;
+      else k += 15;
+    }
+  }
+  return *bit <= limit;
+}
+
+static int jw_category(int v) { /* JPEG's SSSS: the bits of |v| */
+  int s = 0;
+  for (v = v < 0 ? -v : v; v; v >>= 1) s++;
+  return s;
+}
+static uint32_t jw_fnv(const uint8_t *p, size_t n) {
+  uint32_t h = 2166136261u;
+  while (n--) h = (h ^ *p++) * 16777619u;
+  return h;
+}
+static uint32_t le32(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static void put_le32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static uint8_t *jw_put_var(uint8_t *o, uint64_t v) {
+  while (v >= 128) { *o++ = (uint8_t)(v | 128); v >>= 7; }
+  *o++ = (uint8_t)v;
+  return o;
+}
+static int jw_get_var(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+  int shift;
+  for (*v = 0, shift = 0; *p < end && shift < 64; shift += 7) {
+    uint8_t b = *(*p)++;
+    *v |= (uint64_t)(b & 127) << shift;
+    if (b < 128) return 1;
+  }
+  return 0;
+}
+static uint64_t jw_zig(int64_t v) {
+  return v < 0 ? ((uint64_t)(-(v + 1)) << 1) | 1 : (uint64_t)v << 1;
+}
+static int64_t jw_unzig(uint64_t v) { return v & 1 ? -(int64_t)(v >> 1) - 1 : (int64_t)(v >> 1); }
+
+/* The length of the JPEG in front of a valid index (its body in *body, *blen), else 0. */
+static size_t jw_index_of(const uint8_t *d, size_t n, const uint8_t **body, size_t *blen) {
+  size_t len;
+  if (n < 16 + 4 || memcmp(d + n - 8, jw_magic, 8)) return 0;
+  len = le32(d + n - 16);
+  if (len > n - 16 - 4) return 0;
+  *body = d + n - 16 - len;
+  *blen = len;
+  return jw_fnv(*body, len) == le32(d + n - 12) ? n - 16 - len : 0;
+}
+
+/* The JPEG's own bytes in front of an index (all of data when there is none). */
+size_t jpeg_window_jpeg_size(const uint8_t *data, size_t size) {
+  const uint8_t *body;
+  size_t blen, n0 = data && size ? jw_index_of(data, size, &body, &blen) : 0;
+  return n0 ? n0 : size;
+}
+
+/* Append an index point every `span` pixels of each MCU row (every span / MCU width MCUs,
+ * at least one) to data: *out (malloc'd, free with jpeg_window_free) = data, body, footer.
+ * JW_NOINDEX when the file is not a baseline single-scan file without restart markers whose
+ * scan decodes cleanly, or its AC table cannot pad the reader's lead MCU. */
+int jpeg_window_index(const uint8_t *data, size_t size, int span, uint8_t **out,
+                      size_t *out_size) {
+  struct jw_scan S;
+  struct jw_huff dc[4], ac[4];
+  uint8_t *u = NULL, *o = NULL, *w;
+  uint32_t *at = NULL;
+  size_t n, m = 0, i, bit = 0, last = 0, blockat[10], blockend[10], npts;
+  int r, c, b, k, diff[10], pred[4] = {0}, lastpred[4] = {0}, code = JW_NOINDEX, ng, group;
+  uint8_t plan[8][8];
+  if (!data || !size || !out || !out_size || span < 1 || span > 65535) return JW_EARGS;
+  if (size >= (1u << 28) || !jw_parse(data, size, &S) || S.dri != 0 || !jw_huffs(&S, dc, ac, 1) ||
+      S.L.mcus_x < 2 || !jw_fillers(&ac[S.ta[0]], plan))
+    return JW_NOINDEX;
+  for (k = 0; k < S.ns; k++) if (!ac[S.ta[k]].size[0]) return JW_NOINDEX; /* no EOB code */
+  group = span / S.L.mcu_w > 1 ? span / S.L.mcu_w : 1;
+  n = size - S.L.entropy;
+  u = malloc(n + 16);
+  at = malloc((n + 1) * sizeof(*at));
+  ng = (S.L.mcus_x + group - 1) / group;
+  npts = (size_t)S.L.mcus_y * ng + 1;
+  o = malloc(size + 32 + npts * (5 + 5 * (size_t)S.ns) + 16);
+  if (!u || !at || !o) { code = JW_EARGS; goto done; }
+  for (i = 0; i < n; i++) { /* unstuff up to the first marker; at[j]: where u[j] was */
+    const uint8_t *d = data + S.L.entropy;
+    if (d[i] == 0xFF && (i + 1 >= n || d[i + 1] != 0x00)) break;
+    at[m] = (uint32_t)i;
+    u[m++] = d[i];
+    i += d[i] == 0xFF;
+  }
+  at[m] = (uint32_t)i;
+  memset(u + m, 0, 16);
+  memcpy(o, data, size);
+  w = o + size;
+  w = jw_put_var(w, 1);
+  w = jw_put_var(w, (uint64_t)group);
+  w = jw_put_var(w, npts);
+  w = jw_put_var(w, (uint64_t)S.ns);
+  for (r = 0; r <= S.L.mcus_y; r++) {
+    for (c = 0; c < (r < S.L.mcus_y ? S.L.mcus_x : 1); c++) {
+      int point = c % group == 0;
+      if (point) { /* where this MCU starts, in the file's (stuffed) bytes */
+        size_t pos = (size_t)at[bit >> 3] * 8 + (bit & 7);
+        w = jw_put_var(w, pos - last);
+        last = pos;
+        for (k = 0; k < S.ns; k++) {
+          w = jw_put_var(w, jw_zig(pred[k] - lastpred[k]));
+          lastpred[k] = pred[k];
+        }
+      }
+      if (r == S.L.mcus_y) break;
+      if (!jw_mcu(&S, dc, ac, u, &bit, 8 * m, diff, blockat, blockend)) goto done;
+      for (b = 0; b < S.nb; b++) {
+        k = S.comp_of[b];
+        pred[k] += diff[b];
+        if (pred[k] > 65535 || pred[k] < -65535) goto done; /* no valid file: libjpeg wraps */
+      }
+    }
+  }
+  i = (size_t)(w - o - size);
+  put_le32(w, (uint32_t)i);
+  put_le32(w + 4, jw_fnv(o + size, i));
+  memcpy(w + 8, jw_magic, 8);
+  *out = o;
+  *out_size = size + i + 16;
+  o = NULL;
+  code = JW_OK;
+done:
+  free(u);
+  free(at);
+  free(o);
+  return code;
+}
+
+/* Bits into a JPEG's entropy-coded bytes: whole bytes out, a zero stuffed after each 0xFF. */
+struct jw_out { uint8_t *o; size_t n; uint32_t acc; int nb; };
+static void jw_emit(struct jw_out *w, uint32_t v, int len) { /* len <= 16 */
+  w->acc = (w->acc << len) | (v & ((1u << len) - 1));
+  w->nb += len;
+  while (w->nb >= 8) {
+    uint8_t b = (uint8_t)(w->acc >> (w->nb -= 8));
+    w->o[w->n++] = b;
+    if (b == 0xFF) w->o[w->n++] = 0x00;
+  }
+}
+
+/* The window through the index; JW_NOINDEX when it cannot be used (the caller then decodes
+ * the JPEG's bytes the plain way). The smaller JPEG is one scan whose rows each start with a
+ * lead MCU of our own, one column left of the window's MCUs: its DC differences take the
+ * predictors from where the previous row's segment ended to the index's values where this
+ * row's starts, and its fillers (AC coefficients) make it end where the segment's first bit
+ * sits in its byte, so that the segment's bytes are copied as they are. The lead column is
+ * outside jpeg_crop_scanline's window, which starts at an MCU boundary as an image edge: it
+ * is entropy-decoded and never reaches a pixel. No restart markers: libjpeg-turbo's fast
+ * Huffman decoder stops at every marker. */
+static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen,
+                           int y, int x, int h, int w, uint8_t *out, int out_stride) {
+  struct jw_scan S;
+  struct jw_huff dc[4], ac[4];
+  struct jw_out o;
+  const uint8_t *p, *end, *d;
+  size_t pos = 0, *spos = NULL, *epos, need;
+  uint64_t v, group, npts, ns;
+  int64_t *spred, *epred, pred[4] = {0};
+  int r0, r1, c0, c1, g0, g1, ng, rows, sub_h, sub_w, r, k, ci, b,
+      code = JW_NOINDEX;
+  uint8_t plan[8][8], *sub = NULL;
+  if (!jw_parse(data, n0, &S) || S.dri != 0 || !jw_huffs(&S, dc, ac, 0) ||
+      !jw_fillers(&ac[S.ta[0]], plan))
+    return JW_NOINDEX;
+  for (ci = 0; ci < S.ns; ci++) if (!ac[S.ta[ci]].size[0]) return JW_NOINDEX; /* no EOB */
+  p = body;
+  end = body + blen;
+  if (!jw_get_var(&p, end, &v) || v != 1 || !jw_get_var(&p, end, &group) || group < 1 ||
+      group > 65535 || !jw_get_var(&p, end, &npts) || !jw_get_var(&p, end, &ns) ||
+      (int)ns != S.ns)
+    return JW_NOINDEX;
+  ng = (S.L.mcus_x + (int)group - 1) / (int)group;
+  /* mcus_x >= 2: the original's chroma is wide enough for the fancy upsampler, as the
+   * smaller image's always is (libjpeg picks it by width) */
+  if (npts != (uint64_t)S.L.mcus_y * ng + 1 || S.L.mcus_x < 2 || h <= 0 || w <= 0 || y < 0 ||
+      x < 0 || (long)y + h > S.L.height || (long)x + w > S.L.width)
+    return JW_NOINDEX;
+  jw_rows(&S.L, y, h, &r0, &r1); /* as the restart path */
+  g0 = x / S.L.mcu_w / (int)group;
+  g1 = (x + w - 1) / S.L.mcu_w / (int)group;
+  c0 = g0 * (int)group;
+  c1 = (g1 + 1) * (int)group - 1;
+  c1 = c1 >= S.L.mcus_x ? S.L.mcus_x - 1 : c1;
+  if (r1 - r0 + 1 == S.L.mcus_y && c1 - c0 + 1 == S.L.mcus_x) return JW_NOINDEX;
+  rows = r1 - r0 + 1;
+  if (!(spos = malloc((size_t)rows * (2 * sizeof(size_t) + 8 * sizeof(int64_t)))))
+    return JW_NOINDEX;
+  epos = spos + rows;
+  spred = (int64_t *)(epos + rows);
+  epred = spred + 4 * rows;
+  /* walk the points up to the last one needed: point k = r * ng + g; (r, g0) starts row
+   * r's segment and (r, g1 + 1) ends it (the last point is the end of the scan) */
+  for (k = 0; k <= r1 * ng + g1 + 1; k++) {
+    if (!jw_get_var(&p, end, &v)) goto done;
+    pos += v;
+    for (ci = 0; ci < S.ns; ci++) {
+      if (!jw_get_var(&p, end, &v)) goto done;
+      pred[ci] += jw_unzig(v);
+      if (pred[ci] > 65535 || pred[ci] < -65535) goto done;
+    }
+    if (k / ng >= r0 && k / ng <= r1 && k % ng == g0) {
+      spos[k / ng - r0] = pos;
+      memcpy(spred + 4 * (k / ng - r0), pred, sizeof(pred));
+    }
+    if (k > g1 && (k - g1 - 1) % ng == 0 && (k - g1 - 1) / ng >= r0 && (k - g1 - 1) / ng <= r1) {
+      epos[(k - g1 - 1) / ng - r0] = pos;
+      memcpy(epred + 4 * ((k - g1 - 1) / ng - r0), pred, sizeof(pred));
+    }
+  }
+  need = S.L.entropy + 6 + 2;
+  for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order, >= 2 bytes */
+    if ((epos[r] >> 3) <= (spos[r] >> 3) || epos[r] > 8 * (n0 - S.L.entropy) ||
+        (r && spos[r] < epos[r - 1]))
+      goto done;
+    need += (epos[r] >> 3) - (spos[r] >> 3) + 2 * 200 + 4;
+  }
+  if (!(sub = malloc(need + JW_PAD))) goto done;
+  memcpy(sub, data, S.L.entropy); /* the header, with the smaller size */
+  sub_h = r1 == S.L.mcus_y - 1 ? S.L.height - r0 * S.L.mcu_h : rows * S.L.mcu_h;
+  sub_w = (c1 == S.L.mcus_x - 1 ? S.L.width - c0 * S.L.mcu_w : (c1 - c0 + 1) * S.L.mcu_w) +
+          S.L.mcu_w;
+  if (sub_w > 65535) goto done;
+  sub[S.L.sof + 5] = (uint8_t)(sub_h >> 8); sub[S.L.sof + 6] = (uint8_t)sub_h;
+  sub[S.L.sof + 7] = (uint8_t)(sub_w >> 8); sub[S.L.sof + 8] = (uint8_t)sub_w;
+  o.o = sub;
+  o.n = S.L.entropy;
+  o.acc = 0;
+  o.nb = 0;
+  d = data + S.L.entropy;
+  for (r = 0; r < rows; r++) { /* one scan: each row's lead MCU, then its segment */
+    size_t a = spos[r], e = epos[r], i = a >> 3;
+    int t = (int)(a & 7), len = o.nb, s, f, fill, val[4];
+    /* the lead MCU's DC differences take the predictors from where the previous row's
+     * segment ended (zero at the start) to where this one starts */
+    for (ci = 0; ci < S.ns; ci++) {
+      int64_t v64 = spred[4 * r + ci] - (r ? epred[4 * (r - 1) + ci] : 0);
+      if (v64 > 65535 || v64 < -65535) goto done;
+      val[ci] = (int)v64;
+    }
+    for (b = 0; b < S.nb; b++) {
+      const struct jw_huff *hd = &dc[S.td[S.comp_of[b]]], *ha = &ac[S.ta[S.comp_of[b]]];
+      s = b == S.first[S.comp_of[b]] ? jw_category(val[S.comp_of[b]]) : 0;
+      if (s > 15 || !hd->size[s]) goto done;
+      len += hd->size[s] + s + ha->size[0];
+    }
+    fill = ((t - len) % 8 + 8) % 8; /* so that it ends t bits into a byte */
+    for (b = 0; b < S.nb; b++) {
+      const struct jw_huff *hd = &dc[S.td[S.comp_of[b]]], *ha = &ac[S.ta[S.comp_of[b]]];
+      int v = b == S.first[S.comp_of[b]] ? val[S.comp_of[b]] : 0;
+      s = jw_category(v);
+      jw_emit(&o, hd->code[s], hd->size[s]);
+      if (s) jw_emit(&o, (uint32_t)(v < 0 ? v - 1 : v), s);
+      for (f = 0; b == 0 && plan[fill][f]; f++) {
+        s = plan[fill][f];
+        jw_emit(&o, ha->code[s], ha->size[s]);
+        jw_emit(&o, (1u << s) - 1, s);
+      }
+      jw_emit(&o, ha->code[0], ha->size[0]);
+    }
+    /* o.nb == t now: the lead's last t bits share a byte with the segment's first bits */
+    if (t) {
+      uint8_t first = (uint8_t)((o.acc << (8 - t)) | (d[i] & ((1u << (8 - t)) - 1)));
+      o.o[o.n++] = first;
+      if (first == 0xFF) o.o[o.n++] = 0x00;
+      i += d[i] == 0xFF ? 2 : 1; /* past the byte (and its stuffed zero) */
+      o.nb = 0;
+    }
+    if (o.nb || i > (e >> 3)) goto done;
+    memcpy(o.o + o.n, d + i, (e >> 3) - i); /* the segment's bytes, stuffing and all */
+    o.n += (e >> 3) - i;
+    o.acc = (e & 7) ? d[e >> 3] >> (8 - (e & 7)) : 0; /* its last bits, still pending */
+    o.nb = (int)(e & 7);
+  }
+  if (o.nb) jw_emit(&o, 0x7F, 8 - o.nb); /* pad with ones to the byte */
+  o.o[o.n++] = 0xFF;
+  o.o[o.n++] = 0xD9;
+  memset(sub + o.n, 0, JW_PAD);
+  code = jw_decode(sub, o.n + JW_PAD, y - r0 * S.L.mcu_h, x - c0 * S.L.mcu_w + S.L.mcu_w, h, w, out,
+                   out_stride);
+done:
+  free(spos);
+  free(sub);
+  return code;
+}
+
+/* 2 when data ends with a window index, 1 when it has a restart marker after every MCU
+ * (its windows take those paths; tests and benchmarks ask), 0 otherwise. */
 int jpeg_window_indexed(const uint8_t *data, size_t size) {
   struct jw_layout L;
-  return data && jw_layout_of(data, size, &L);
+  const uint8_t *body;
+  size_t blen;
+  if (!data || !size) return 0;
+  return jw_index_of(data, size, &body, &blen) ? 2 : jw_layout_of(data, size, &L);
+}
+
+/* The index path alone: JW_NOINDEX where jpeg_window_decode would take another (tests). */
+int jpeg_window_decode_indexed(const uint8_t *data, size_t size, int y, int x, int h, int w,
+                               uint8_t *out, int out_stride) {
+  const uint8_t *body;
+  size_t blen, n0 = data && size && out ? jw_index_of(data, size, &body, &blen) : 0;
+  return n0 ? jw_index_decode(data, n0, body, blen, y, x, h, w, out, out_stride) : JW_NOINDEX;
 }
 
 int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, int w,
                        uint8_t *out, int out_stride) {
   struct jw_layout L;
-  int r0, r1, c0, c1, margin, sub_h, sub_w, code;
+  int r0, r1, c0, c1, sub_h, sub_w, code;
   long k, last, copied = 0;
   size_t q, start, n_out;
   uint8_t *sub;
+  const uint8_t *body;
+  size_t n0, blen;
+  if (data && size && (n0 = jw_index_of(data, size, &body, &blen))) {
+    code = jw_index_decode(data, n0, body, blen, y, x, h, w, out, out_stride);
+    return code != JW_NOINDEX ? code : jw_decode(data, n0, y, x, h, w, out, out_stride);
+  }
   if (!data || !size || !jw_layout_of(data, size, &L) || h <= 0 || w <= 0 || y < 0 ||
       x < 0 || (long)y + h > L.height || (long)x + w > L.width)
     return jw_decode(data, size, y, x, h, w, out, out_stride);
-  margin = L.mcu_h > 8;
-  r0 = y / L.mcu_h - margin;
-  r0 = r0 < 0 ? 0 : r0;
-  r1 = (y + h - 1) / L.mcu_h + margin;
-  r1 = r1 >= L.mcus_y ? L.mcus_y - 1 : r1;
+  jw_rows(&L, y, h, &r0, &r1);
   c0 = x / L.mcu_w;
   c1 = (x + w - 1) / L.mcu_w;
   /* At least two MCU columns: libjpeg picks its upsampler by the image's chroma width
@@ -206,7 +715,7 @@ int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, in
   if (r1 - r0 + 1 == L.mcus_y && c1 - c0 + 1 == L.mcus_x) /* nothing to leave out */
     return jw_decode(data, size, y, x, h, w, out, out_stride);
   n_out = L.entropy + size + 2 * (size_t)(r1 - r0 + 1) * (c1 - c0 + 1) + 2; /* + RSTs, EOI */
-  if (!(sub = malloc(n_out))) return jw_decode(data, size, y, x, h, w, out, out_stride);
+  if (!(sub = malloc(n_out + JW_PAD))) return jw_decode(data, size, y, x, h, w, out, out_stride);
   memcpy(sub, data, L.entropy);
   /* the smaller image: the window's MCU rows and columns, the true edge where it is one */
   sub_h = r1 == L.mcus_y - 1 ? L.height - r0 * L.mcu_h : (r1 - r0 + 1) * L.mcu_h;
@@ -239,7 +748,8 @@ int jpeg_window_decode(const uint8_t *data, size_t size, int y, int x, int h, in
   }
   sub[n_out++] = 0xFF;
   sub[n_out++] = 0xD9;
-  code = jw_decode(sub, n_out, y - r0 * L.mcu_h, x - c0 * L.mcu_w, h, w, out, out_stride);
+  memset(sub + n_out, 0, JW_PAD);
+  code = jw_decode(sub, n_out + JW_PAD, y - r0 * L.mcu_h, x - c0 * L.mcu_w, h, w, out, out_stride);
   free(sub);
   return code;
 }

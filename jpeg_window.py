@@ -9,9 +9,12 @@ differs from it on about half of all crops (../shared/RECIPE.md, train step 0). 
 makes the same library calls, so it is exact by construction (tests/test_jpeg_window.py
 checks it against ../shared/golden/tf_decode.npz). It is also the speed lever: the rows
 below the window are never decoded, and a crop is a third of an image on average.
-A file with a restart marker after every MCU (`restart(data)`, write_ffcv's
-write_mode=restart: a lossless transcode, the same pixels) goes further: only the window's
-MCUs are entropy-decoded, copied into a smaller JPEG whose cropped decode is the same.
+Two stored forms go further, with the same pixels: only the window's MCUs are
+entropy-decoded, copied into a smaller JPEG whose cropped decode is the same. `index(data)`
+(write_ffcv's default for the train split) appends a window index after the file's own
+bytes: where every 32-pixel group of MCUs starts in the entropy-coded data and the DC
+predictors there. `restart(data)` (write_mode=restart) is a lossless transcode with a
+restart marker after every MCU.
 
 Numba (as FFCV calls its `imdecode`): the ctypes functions, with the raw addresses of
 C-contiguous uint8 arrays,
@@ -20,7 +23,8 @@ C-contiguous uint8 arrays,
 return 0 on success, ERR_DATA / ERR_WINDOW / ERR_ARGS (< 0) on failure. They are
 re-entrant (safe from FFCV's decoder threads). Numba cannot cache (cache=True) a function
 that calls them (the address is a dynamic global), as with FFCV's imdecode. Python:
-decode, decode_window, header, restart, indexed (ValueError on failure).
+decode, decode_window, header, index, jpeg_bytes, restart, fast_path (ValueError on
+failure).
 
 Build. The shared library build/libjpeg_window.so is compiled on first import when it is
 missing or older than jpeg_window.c (`make install` does the same); `--bundle` copies
@@ -111,11 +115,15 @@ def bundle():
 
 
 decode_window_c = header_c = _last_error = _restart_c = _free_c = _indexed_c = None
+_index_c = _jpeg_size_c = _decode_indexed_c = None
+ERR_NOINDEX = -4
+INDEX_SPAN = 32   # pixels between index points: write_ffcv's default (README: speed, size)
 
 
 def _bind():
     """Load LIBRARY (building it if needed) and declare the ctypes signatures."""
-    global decode_window_c, header_c, _last_error, _restart_c, _free_c, _indexed_c
+    global decode_window_c, header_c, _last_error, _restart_c, _free_c, _indexed_c, _index_c
+    global _jpeg_size_c, _decode_indexed_c
     lib = ctypes.CDLL(str(ensure_built()))
     decode_window_c = lib.jpeg_window_decode
     decode_window_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + 4 * [ctypes.c_int] + [
@@ -134,6 +142,16 @@ def _bind():
     _free_c.argtypes = [ctypes.c_void_p]
     _indexed_c = lib.jpeg_window_indexed
     _indexed_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _index_c = lib.jpeg_window_index
+    _index_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                         ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_size_t)]
+    _index_c.restype = ctypes.c_int
+    _jpeg_size_c = lib.jpeg_window_jpeg_size
+    _jpeg_size_c.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    _jpeg_size_c.restype = ctypes.c_size_t
+    _decode_indexed_c = lib.jpeg_window_decode_indexed
+    _decode_indexed_c.argtypes = decode_window_c.argtypes
+    _decode_indexed_c.restype = ctypes.c_int
 
 
 def _bytes(data):
@@ -173,17 +191,53 @@ def decode_window(data, y, x, h, w):
     return out
 
 
+def decode_window_indexed(data, y, x, h, w):
+    """decode_window through the index alone; None where decode_window would not take that
+    path (no usable index, or a window that needs the whole image). For tests."""
+    arr, out = _bytes(data), np.empty((h, w, 3), np.uint8)
+    code = _decode_indexed_c(arr.ctypes.data, arr.size, y, x, h, w, out.ctypes.data, 3 * w)
+    if code == ERR_NOINDEX:
+        return None
+    _check(code, f"decoding window (y, x, h, w) = {(y, x, h, w)} through the index")
+    return out
+
+
 def decode(data):
     """H x W x 3 uint8: tf.io.decode_jpeg(data, channels=3)."""
     h, w = header(data)
     return decode_window(data, 0, 0, h, w)
 
 
-def indexed(data):
-    """True when data has a restart marker after every MCU (a baseline single-scan file,
-    as restart() makes): its windows take the MCU-copying path."""
+def fast_path(data):
+    """Which path decodes data's windows: "index" (the bytes end with index()'s window
+    index), "restart" (a restart marker after every MCU, as restart() makes) or "plain"."""
     arr = _bytes(data)
-    return bool(_indexed_c(arr.ctypes.data, arr.size))
+    return ("plain", "restart", "index")[_indexed_c(arr.ctypes.data, arr.size)]
+
+
+def index(data, span=INDEX_SPAN):
+    """bytes: data unchanged, then a window index (the bit position and DC predictors of an
+    MCU every `span` pixels of each MCU row; jpeg_window.c) through which a window's decode
+    skips the entropy decoding of the rows above it and of the columns outside it. None
+    when data cannot be indexed (progressive, restart markers, an AC table that cannot pad
+    the reader's lead MCU, ...): store it as it is. The bytes decode as data does everywhere (any decoder stops at data's EOI); the
+    indexed path equals the plain one pixel for pixel (tests; write_ffcv checks each file)."""
+    arr, out, size = _bytes(data), ctypes.c_void_p(), ctypes.c_size_t()
+    code = _index_c(arr.ctypes.data, arr.size, int(span), ctypes.byref(out), ctypes.byref(size))
+    if code == ERR_NOINDEX:
+        return None
+    _check(code, "indexing")
+    try:
+        return ctypes.string_at(out, size.value)
+    finally:
+        _free_c(out)
+
+
+def jpeg_bytes(data):
+    """The JPEG's own bytes: data without the window index index() appended (data itself
+    when it has none). How to get the original files back out of a .beton."""
+    arr = _bytes(data)
+    return arr[:_jpeg_size_c(arr.ctypes.data, arr.size)].tobytes()
 
 
 def restart(data):
@@ -263,13 +317,15 @@ def _pack(blobs):
 
 def bench(folder, rounds=5, seed=0):
     """Print images per CPU-second for FFCV full, ours full, ours on inception windows of
-    the original files and of their restart transcodes."""
+    the original files, of the same with their window index, and of their restart
+    transcodes."""
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     if not files:
         raise SystemExit(f"jpeg_window --bench: no .jpg/.jpeg files in {folder}")
     blobs = [np.fromfile(p, np.uint8) for p in files]
     datas, sizes = _pack(blobs)
     rdatas, rsizes = _pack([np.frombuffer(restart(b), np.uint8) for b in blobs])
+    idatas, isizes = _pack([np.frombuffer(index(b) or b.tobytes(), np.uint8) for b in blobs])
     shapes = np.array([header(b) for b in blobs], np.int64)
     rng = np.random.default_rng(seed)
     full = np.concatenate([np.zeros_like(shapes), shapes], 1)
@@ -279,18 +335,19 @@ def bench(folder, rounds=5, seed=0):
     runs = {"ffcv imdecode, full image": lambda: ffcv_full(datas, sizes, shapes, out),
             "jpeg_window, full image": lambda: ours(datas, sizes, full, out),
             "jpeg_window, inception window": lambda: ours(datas, sizes, windows, out),
+            "  the same, window index": lambda: ours(idatas, isizes, windows, out),
             "  the same, restart transcode": lambda: ours(rdatas, rsizes, windows, out)}
     cpu = dict.fromkeys(runs, 0.0)
     for run in runs.values():
         run()  # compile and warm up
-    for _ in range(rounds):  # interleaved, so that machine noise hits all three alike
+    for _ in range(rounds):  # interleaved, so that machine noise hits all alike
         for name, run in runs.items():
             t = time.process_time()
             run()
             cpu[name] += time.process_time() - t
     area = (windows[:, 2] * windows[:, 3] / shapes.prod(1)).mean()
-    print(f"{len(files)} JPEGs, mean {sizes.mean() / 1e3:.1f} kB (restart transcode "
-          f"{rsizes.mean() / 1e3:.1f} kB), mean "
+    print(f"{len(files)} JPEGs, mean {sizes.mean() / 1e3:.1f} kB (with the window index "
+          f"{isizes.mean() / 1e3:.1f} kB, restart transcode {rsizes.mean() / 1e3:.1f} kB), mean "
           f"{shapes[:, 0].mean():.0f} x {shapes[:, 1].mean():.0f}; windows: RECIPE sampler,"
           f" mean area {area:.0%}; {rounds} rounds")
     base = len(files) * rounds / cpu["ffcv imdecode, full image"]

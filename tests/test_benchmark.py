@@ -160,7 +160,7 @@ def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
                     "--batches", "2", "--res", "64", "--workers", "2"])
     out = capsys.readouterr().out
     lines = results(out)
-    for storage in ("original", "raw"):  # side by side, every stage
+    for storage in ("original + index 32 px", "raw"):  # side by side, every stage
         for stage in benchmark.LOADER_KINDS.values():
             (line,) = [x for x in lines if f"{storage} {stage}:" in " ".join(x.split())]
             assert number(r"([\d,]+) img per CPU-second", line) > 0

@@ -185,6 +185,13 @@ def _random_windows(rng, height, width, n):
     """Edges, single rows and columns, the whole image, then n uniform windows."""
     wins = [(0, 0, height, width), (height - 1, width - 1, 1, 1), (0, width - 1, height, 1),
             (height - 1, 0, 1, width), (0, 0, 1, 1)]
+    for y in range(0, height, 16):   # first and last rows on and beside MCU boundaries
+        for h in (1, 2, 15, 16, 17, 31, 32):
+            if y + h <= height:
+                x = int(rng.integers(0, width))
+                wins.append((y, x, h, int(rng.integers(1, width - x + 1))))
+                if y + 1 + h <= height:
+                    wins.append((y + 1, 0, h, width))
     for _ in range(n):
         h, w = int(rng.integers(1, height + 1)), int(rng.integers(1, width + 1))
         wins.append((int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)),
@@ -198,8 +205,9 @@ def test_restart_transcode_decodes_like_tf(golden):
     z, n = golden
     for i in range(n):
         data = jw.restart(_data(z, i))
-        assert b"\xff\xdd\x00\x04\x00\x01" in data and jw.indexed(data), i  # DRI = 1 MCU
-        assert not jw.indexed(_data(z, i))
+        assert b"\xff\xdd\x00\x04\x00\x01" in data, i  # DRI = 1 MCU
+        assert jw.fast_path(data) == "restart", i
+        assert jw.fast_path(_data(z, i)) == "plain"
         np.testing.assert_array_equal(jw.decode(data), z[f"decoded_{i}"], err_msg=f"file {i}")
         for j in range(3):
             y, x, h, w = (int(v) for v in z["windows"][i, j])
@@ -237,7 +245,7 @@ def test_restart_windows_equal_the_plain_path(photos, sampling):
                 out, "JPEG", quality=85, progressive=sampling == "progressive")
             data = out.getvalue()
         fast = jw.restart(data)
-        assert jw.indexed(fast), (sampling, height, width)
+        assert jw.fast_path(fast) == "restart", (sampling, height, width)
         for y, x, h, w in _random_windows(rng, height, width, 40):
             np.testing.assert_array_equal(
                 jw.decode_window(fast, y, x, h, w), jw.decode_window(data, y, x, h, w),
@@ -276,3 +284,163 @@ def test_damaged_restart_files_fail_cleanly(golden):
         except ValueError:
             outcomes["error"] += 1
     assert min(outcomes.values()) > 50, outcomes
+
+
+# ------------------------------ window-indexed original bytes (write_mode=original, train)
+def _golden_indexable(z, n):
+    """{file: indexed bytes} for the golden files that can be indexed; the others (the
+    progressive ones and those with restart markers) must refuse."""
+    out = {}
+    for i in range(n):
+        meta = json.loads(bytes(z["index_json"]).decode())[i]["header"]
+        ix = jw.index(_data(z, i))
+        if meta["sof"] != "baseline" or meta["restart_interval"]:
+            assert ix is None, i
+        else:
+            assert ix is not None, i
+            out[i] = ix
+    return out
+
+
+def test_window_index_decodes_like_tf(golden):
+    """Original bytes + index: the bytes come back unchanged, the full decode and every
+    golden decode_and_crop_jpeg window are TF's, and the windows take the index path."""
+    z, n = golden
+    indexed = _golden_indexable(z, n)
+    assert len(indexed) == 9
+    for i, data in indexed.items():
+        assert data[:len(_data(z, i))] == _data(z, i) and jw.jpeg_bytes(data) == _data(z, i)
+        assert jw.fast_path(data) == "index" and jw.jpeg_bytes(_data(z, i)) == _data(z, i)
+        np.testing.assert_array_equal(jw.decode(data), z[f"decoded_{i}"], err_msg=f"file {i}")
+        for j in range(3):
+            y, x, h, w = (int(v) for v in z["windows"][i, j])
+            got = jw.decode_window_indexed(data, y, x, h, w)
+            if got is None:  # the whole image: nothing to leave out, the plain path
+                assert (h, w) == jw.header(data), (i, j)
+                got = jw.decode_window(data, y, x, h, w)
+            np.testing.assert_array_equal(got, z[f"crop_{i}_{j}"], err_msg=f"window {i},{j}")
+
+
+@pytest.mark.parametrize("sampling", [*SAMPLINGS, "gray", "optimized"])
+@pytest.mark.parametrize("span", [32, 64, 96])
+def test_window_index_equals_the_plain_path(photos, sampling, span):
+    """Every chroma layout, optimised Huffman tables, odd and tiny sizes, edge and one-pixel
+    windows, spans of one to six MCUs: the index path's window equals the
+    plain path's, and it is the path taken wherever the window leaves something out."""
+    import cv2
+    rng = np.random.default_rng(len(sampling) + span)
+    photo = photos["astronaut"]
+    taken = tested = 0
+    for height, width in [(375, 500), (333, 251), (17, 40), (40, 17), (9, 24), (2, 33)]:
+        img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:height, :width])
+        if sampling in SAMPLINGS:
+            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [
+                cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                getattr(cv2, SAMPLINGS[sampling])])
+            data = buf.tobytes()
+        else:
+            out = io.BytesIO()
+            pil = Image.fromarray(img)
+            (pil.convert("L") if sampling == "gray" else pil).save(
+                out, "JPEG", quality=85, optimize=sampling == "optimized")
+            data = out.getvalue()
+        ix = jw.index(data, span)
+        if ix is None:  # one MCU wide (4:1:1's are 32 px): nothing to leave out; or a
+            # tiny image's optimised tables lack a code the lead MCU needs
+            assert (sampling == "4:1:1" and width <= 32) or (
+                sampling == "optimized" and min(height, width) < 64), (sampling, height, width)
+            continue
+        assert jw.jpeg_bytes(ix) == data, (sampling, height, width)
+        for y, x, h, w in _random_windows(rng, height, width, 40):
+            plain = jw.decode_window(data, y, x, h, w)
+            np.testing.assert_array_equal(jw.decode_window(ix, y, x, h, w), plain,
+                                          err_msg=f"{sampling} {height}x{width} {(y, x, h, w)}")
+            fast = jw.decode_window_indexed(ix, y, x, h, w)
+            tested += 1
+            if fast is not None:
+                taken += 1
+                np.testing.assert_array_equal(fast, plain)
+    assert tested >= 90 and taken > tested // 4, (taken, tested)
+
+
+def test_window_index_with_the_wrong_points_fails_the_writers_check(golden):
+    """write_ffcv.with_index decodes every index point against the full decode: an index
+    built for another image of the same size (a valid footer, wrong bit positions and
+    predictors) is caught; the right one passes."""
+    import write_ffcv
+    z, n = golden
+    data = _data(z, 0)
+    pixels = jw.decode(data)
+    out = io.BytesIO()   # another image, the same size and sampling: the same MCU grid
+    Image.fromarray(pixels[::-1].copy()).save(out, "JPEG", quality=75, subsampling=2)
+    other = out.getvalue()
+    assert write_ffcv.with_index(data, pixels, 32) is not None
+    wrong = jw.index(other)
+    swapped = data + wrong[len(other):]
+    assert jw.fast_path(swapped) == "index"
+    original_index = jw.index
+    try:
+        jw.index = lambda d, span=32: swapped
+        assert write_ffcv.with_index(data, pixels, 32) is None
+    finally:
+        jw.index = original_index
+
+
+def test_damaged_window_index_never_changes_pixels(golden):
+    """The index is guarded by its hash: a flipped byte in the index or its footer takes the
+    plain path (TF's pixels, unchanged); damage to the JPEG's bytes gives pixels or a
+    ValueError, never a crash or a read outside the bytes."""
+    rng = np.random.default_rng(1)
+    z, _ = golden
+    jpeg = _data(z, 1)
+    data = np.frombuffer(jw.index(jpeg), np.uint8)
+    h, w = jw.header(data)
+    sos = jpeg.index(b"\xff\xda")
+    outcomes = {"pixels": 0, "error": 0}
+    for trial in range(1500):
+        bad = data.copy()
+        in_index = trial % 2 == 0
+        at = (rng.integers(len(jpeg), len(data)) if in_index else
+              rng.integers(0, sos + 40) if trial % 4 == 1 else rng.integers(0, len(jpeg)))
+        bad[at] ^= np.uint8(rng.integers(1, 256))
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        win = (y, x, int(rng.integers(1, h - y)), int(rng.integers(1, w - x)))
+        if in_index:
+            assert jw.fast_path(bad) == "plain"
+            np.testing.assert_array_equal(jw.decode_window(bad, *win),
+                                          jw.decode_window(jpeg, *win))
+            continue
+        try:
+            jw.decode_window(bad.copy(), *win)
+            outcomes["pixels"] += 1
+        except ValueError:
+            outcomes["error"] += 1
+    assert min(outcomes.values()) > 20, outcomes
+
+
+def test_crafted_window_index_fails_cleanly(golden):
+    """An index that passes the hash but lies (mutated, then re-hashed, as a crafted file
+    would) gives pixels or a ValueError, never a crash or a read outside the bytes: the
+    reader checks every position and predictor it uses."""
+    import struct
+    rng = np.random.default_rng(2)
+    z, _ = golden
+    jpeg = _data(z, 5)
+    body = jw.index(jpeg)[len(jpeg):-16]
+    h, w = jw.header(jpeg)
+    for trial in range(300):
+        bad = bytearray(body)
+        for _ in range(int(rng.integers(1, 4))):
+            bad[rng.integers(0, len(bad))] = rng.integers(0, 256)
+        if trial % 7 == 0:
+            bad = bad[:rng.integers(1, len(bad))]
+        fnv = 2166136261
+        for c in bad:
+            fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
+        data = jpeg + bytes(bad) + struct.pack("<II", len(bad), fnv) + b"JWINDEX1"
+        assert jw.fast_path(data) == "index"
+        y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+        try:
+            jw.decode_window(data, y, x, int(rng.integers(1, h - y)), int(rng.integers(1, w - x)))
+        except ValueError:
+            pass

@@ -158,6 +158,7 @@ def betons(data, tmp_path_factory):
     convert(root / 'train', out / 'original.beton', 'train', chunk_size=4, **OPTS)
     convert(root / 'train', out / 'restart.beton', 'train', write_mode='restart', chunk_size=4,
             **OPTS)
+    convert(root / 'train', out / 'bare.beton', 'train', window_index=0, chunk_size=4, **OPTS)
     convert(root / 'train', out / 'train.beton', 'train', write_mode='proportion',
             compress_probability=0.5, jpeg_quality=95, chunk_size=4, **CAPPED)
     convert(root / 'train', out / 'train_1w.beton', 'train', write_mode='proportion',
@@ -192,19 +193,22 @@ def test_sidecars(betons):
 
 def test_original_storage_keeps_each_jpeg_byte_for_byte(data, betons):
     """The default: RGB and grayscale JPEGs (the 4096x3072 one too: no resolution cap)
-    stored as their own bytes; the CMYK JPEG and the PNG converted to RGB pixels (TF's
-    decode rules) and listed in the sidecar."""
+    stored as their own bytes, in train followed by their window index; the CMYK JPEG and
+    the PNG converted to RGB pixels (TF's decode rules) and listed in the sidecar."""
     root, expected, _ = data
     sources = sorted((root / 'train').glob('*/*.JPEG'))
     files = {Path(p).read_bytes(): p for p in sources}
     labels, modes, payloads = stored(betons / 'original.beton')
     assert len(payloads) == 24 and labels.tolist() == sorted(labels.tolist())
-    converted = read_sidecar(betons / 'original.beton')['converted']
+    meta = read_sidecar(betons / 'original.beton')
+    assert meta['settings']['window_index'] == 32 and meta['unindexed'] == 0
+    converted = meta['converted']
     shapes = metadata(betons / 'original.beton', 'image')[['height', 'width']].tolist()
     seen = set()
     for mode, payload, shape in zip(modes, payloads, shapes):
         if mode == 0:
-            path = files[payload.tobytes()]          # KeyError: not a file's exact bytes
+            assert jpeg_window.fast_path(payload) == 'index'
+            path = files[jpeg_window.jpeg_bytes(payload)]  # KeyError: not a file's own bytes
             assert path.name not in ('cmyk.JPEG', 'png.JPEG')
             assert shape == decoded(path).shape[:2]   # the 4096x3072 one at full size
         else:
@@ -218,8 +222,9 @@ def test_original_storage_keeps_each_jpeg_byte_for_byte(data, betons):
 
 def test_restart_storage_has_the_same_pixels_and_crops(data, betons):
     """write_mode=restart: each JPEG stored as its lossless restart transcode (every file's
-    full decode equals the original's), the converted files as in original storage, and
-    through a real Loader the same train crops, pixel for pixel, as the original bytes."""
+    full decode equals the original's), the converted files as in original storage; through
+    a real Loader the same train crops, pixel for pixel, as the original bytes with their
+    window index (the default) and without it (window_index=0)."""
     import rand_augment as ra
     from ffcv.fields.basics import IntDecoder
     from ffcv.loader import Loader, OrderOption
@@ -231,12 +236,17 @@ def test_restart_storage_has_the_same_pixels_and_crops(data, betons):
     assert modes.tolist() == modes0.tolist() and (modes == 0).sum() >= 20
     for mode, a, b in zip(modes, fast, slow):
         if mode == 0:
-            assert jpeg_window.indexed(a) and not jpeg_window.indexed(b)
+            assert jpeg_window.fast_path(a) == 'restart' and jpeg_window.fast_path(b) == 'index'
             assert np.array_equal(jpeg_window.decode(a), jpeg_window.decode(b))
         else:
             assert np.array_equal(a, b)
     batches = {}
-    for name in ('restart', 'original'):
+    bare = read_sidecar(betons / 'bare.beton')
+    assert bare['settings']['window_index'] == 0 and 'unindexed' not in bare
+    _, modes_bare, payloads_bare = stored(betons / 'bare.beton')
+    assert all(jpeg_window.fast_path(p) == 'plain' for m, p in zip(modes_bare, payloads_bare)
+               if m == 0)
+    for name in ('restart', 'original', 'bare'):
         clock = ra.AugmentClock(7)
         loader = Loader(str(betons / f'{name}.beton'), batch_size=24, num_workers=2,
                         order=OrderOption.SEQUENTIAL, drop_last=False,
@@ -248,6 +258,7 @@ def test_restart_storage_has_the_same_pixels_and_crops(data, betons):
             batches[name] += [np.array(b[0]) for b in loader]
     assert np.array_equal(np.concatenate(batches['restart']),
                           np.concatenate(batches['original']))
+    assert np.array_equal(np.concatenate(batches['bare']), np.concatenate(batches['original']))
 
 
 def test_original_storage_rejects_a_resolution_cap(photos, tmp_path):
@@ -414,7 +425,7 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
 
 def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch):
     # a non-image makes the field's encode raise inside a forked writer process
-    monkeypatch.setattr(write_ffcv, 'load_original', lambda path, restart=False: 'not an image')
+    monkeypatch.setattr(write_ffcv, 'load_original', lambda path, **settings: 'not an image')
     out = tmp_path / 'out' / 'val.beton'
     with pytest.raises(ConversionError, match='writer process died'):
         convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
@@ -550,3 +561,24 @@ def test_sigterm_leaves_no_temporary_and_stale_ones_are_cleaned(photos, tmp_path
     (out.parent / f'val.beton.tmp-{os.getppid()}').write_bytes(b'x')    # a live process's
     with pytest.raises(ConversionError, match=f'pid {os.getppid()}'):
         write_ffcv._claim_output(out)
+
+
+def test_window_index_settings_and_unindexed_files(photos, tmp_path):
+    """A progressive JPEG cannot be indexed: stored as its bare bytes and counted in the
+    sidecar; the others carry their index. Bad settings fail before any work."""
+    tree = small_tree(photos, tmp_path / 'in')
+    progressive = sorted(tree.glob('*/*.JPEG'))[0]
+    Image.fromarray(crop(photos, 77)).save(progressive, quality=90, progressive=True)
+    out = tmp_path / 'out' / 'val.beton'
+    meta = convert(tree, out, 'val', window_index=64, **OPTS)
+    assert meta['settings']['window_index'] == 64 and meta['unindexed'] == 1
+    paths = {p.read_bytes(): p for p in tree.glob('*/*.JPEG')}
+    for mode, payload in zip(*stored(out)[1:]):
+        assert mode == 0
+        path = paths[jpeg_window.jpeg_bytes(payload)]
+        assert jpeg_window.fast_path(payload) == ('plain' if path == progressive else 'index')
+    with pytest.raises(ConversionError, match='multiple of 32'):
+        convert(tree, tmp_path / 'x.beton', 'val', window_index=48, **OPTS)
+    with pytest.raises(ConversionError, match='write_mode=original only'):
+        convert(tree, tmp_path / 'x.beton', 'val', window_index=32, write_mode='raw')
+    assert not (tmp_path / 'x.beton').exists()
