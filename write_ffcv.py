@@ -538,13 +538,18 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     writer = ffcv.writer.DatasetWriter(str(path), fields, page_size=images.page,
                                        num_workers=num_workers)
     WriterProcess.writers[:] = [writer]
-    done, crashed, WriterProcess.started = threading.Event(), [], []
+    done, crashed, caught, WriterProcess.started = threading.Event(), [], [], []
 
     def watchdog():
         while not done.wait(0.2):
             if any(p.exitcode not in (None, 0) for p in WriterProcess.started):
                 crashed.append(True)
-                return _thread.interrupt_main()
+                break
+        # again each second until the main thread has it: an interrupt that lands while a
+        # finaliser runs is swallowed, and ffcv would wait forever (seen once in CI)
+        while crashed and not caught and not done.is_set():
+            _thread.interrupt_main()
+            done.wait(1.0)
     # ffcv draws its own progress bar and starts its own processes: name the bar's unit and
     # record the processes, for this call only
     patched = dict(tqdm=partial(tqdm, unit='img', disable=not progress), Process=WriterProcess)
@@ -554,6 +559,7 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     try:
         writer.from_indexed_dataset(images, chunksize=chunk_size)
     except KeyboardInterrupt:
+        caught.append(True)
         for p in WriterProcess.started:
             p.terminate()
             p.join()

@@ -423,14 +423,24 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ['val.beton', 'val.beton.json']
 
 
-def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch):
-    # a non-image makes the field's encode raise inside a forked writer process
+@pytest.mark.parametrize('lost', [0, 1])
+def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch, lost):
+    """A non-image makes the field's encode raise inside a forked writer process; the
+    watchdog interrupts ffcv's endless wait, again if the first interrupt was lost (one
+    that lands while a finaliser runs is swallowed)."""
     monkeypatch.setattr(write_ffcv, 'load_original', lambda path, **settings: 'not an image')
+    calls, interrupt = [], write_ffcv._thread.interrupt_main
+    def lossy():
+        calls.append(1)
+        if len(calls) > lost:
+            interrupt()
+    monkeypatch.setattr(write_ffcv._thread, 'interrupt_main', lossy)
     out = tmp_path / 'out' / 'val.beton'
     with pytest.raises(ConversionError, match='writer process died'):
         convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
     assert not list(out.parent.iterdir())
     assert all(p.exitcode is not None for p in write_ffcv.WriterProcess.started)
+    assert len(calls) == lost + 1
 
 
 def test_existing_output_needs_overwrite(photos, tmp_path):
