@@ -8,7 +8,7 @@
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
 #   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
 #   bash .ci/gpu_session.sh setup gap        # the trainer's step vs the step benchmark's (.ci/trainer_gap.py)
-# Knobs: TRAIN_BETON=train_restart (same pixels, faster crops), train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
+# Knobs: TRAIN_BETON=train_bare (the JPEGs without their window index: slower crops) or train_restart, train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
 # PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...", UNBROKEN=unbroken (one
 # unbroken run instead of two in `train`: about a minute less).
 # Needs the offline wheels in .whl/ (../shared/gpu-kit: `mkdir -p .whl && cp
@@ -73,6 +73,8 @@ data() {
   done
   $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/train_restart.beton" \
       --cfg.split=train --cfg.write_mode=restart --cfg.overwrite=1 2>&1 | tail -n 1
+  $PY write_ffcv.py --cfg.data_dir="$WORK/photos" --cfg.write_path="$WORK/train_bare.beton" \
+      --cfg.split=train --cfg.window_index=0 --cfg.overwrite=1 2>&1 | tail -n 1
   [ "${RAW:-0}" = 1 ] && $PY write_ffcv.py --cfg.data_dir="$WORK/photos" \
       --cfg.write_path="$WORK/train_raw.beton" --cfg.split=train --cfg.write_mode=raw \
       --cfg.overwrite=1 2>&1 | tail -n 1
@@ -82,6 +84,7 @@ loader() {
   say "loader (issue 10, item 2)"
   for w in ${LOADER_WORKERS:-16 8}; do
     $PY benchmark.py loader --beton "$WORK/train.beton" --compare "$WORK/train_restart.beton" \
+        "$WORK/train_bare.beton" \
         --batch-size 128 --workers $w \
         --batches 30 2>&1 | grep RESULT
   done | tee "$LOGS/loader.log"
