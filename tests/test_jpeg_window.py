@@ -222,28 +222,34 @@ SAMPLINGS = {"4:2:0": "IMWRITE_JPEG_SAMPLING_FACTOR_420",
              "4:1:1": "IMWRITE_JPEG_SAMPLING_FACTOR_411"}
 
 
+def _encoded(photo, sampling, height, width):
+    """A height x width crop of the tiled photo as a JPEG: cv2 at quality 90 for the chroma
+    layouts in SAMPLINGS, PIL at 85 for "progressive", "gray" and "optimized" (tables)."""
+    import cv2
+    img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:height, :width])
+    if sampling in SAMPLINGS:
+        ok, buf = cv2.imencode(".jpg", img[..., ::-1], [
+            cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+            getattr(cv2, SAMPLINGS[sampling])])
+        return buf.tobytes()
+    out = io.BytesIO()
+    pil = Image.fromarray(img)
+    (pil.convert("L") if sampling == "gray" else pil).save(
+        out, "JPEG", quality=85, progressive=sampling == "progressive",
+        optimize=sampling == "optimized")
+    return out.getvalue()
+
+
 @pytest.mark.parametrize("sampling", [*SAMPLINGS, "progressive", "gray"])
 def test_restart_windows_equal_the_plain_path(photos, sampling):
     """Every chroma layout, odd and tiny sizes, edge and one-pixel windows: a restart file's
     window (only its MCUs decoded) equals the original file's (the path checked against TF
     above), which rules out the traps of the smaller image (the upsampler libjpeg picks by
     width, the context rows of vertically subsampled chroma, the true edges)."""
-    import cv2
     rng = np.random.default_rng(len(sampling))
     photo = photos["astronaut"]
     for height, width in [(375, 500), (333, 251), (17, 40), (40, 7), (9, 8), (1, 1), (2, 3)]:
-        img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:height, :width])
-        if sampling in SAMPLINGS:
-            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [
-                cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                getattr(cv2, SAMPLINGS[sampling])])
-            data = buf.tobytes()
-        else:
-            out = io.BytesIO()
-            pil = Image.fromarray(img)
-            (pil.convert("L") if sampling == "gray" else pil).save(
-                out, "JPEG", quality=85, progressive=sampling == "progressive")
-            data = out.getvalue()
+        data = _encoded(photo, sampling, height, width)
         fast = jw.restart(data)
         assert jw.fast_path(fast) == "restart", (sampling, height, width)
         for y, x, h, w in _random_windows(rng, height, width, 40):
@@ -327,23 +333,11 @@ def test_window_index_equals_the_plain_path(photos, sampling, span):
     """Every chroma layout, optimised Huffman tables, odd and tiny sizes, edge and one-pixel
     windows, spans of one to six MCUs: the index path's window equals the
     plain path's, and it is the path taken wherever the window leaves something out."""
-    import cv2
     rng = np.random.default_rng(len(sampling) + span)
     photo = photos["astronaut"]
     taken = tested = 0
     for height, width in [(375, 500), (333, 251), (17, 40), (40, 17), (9, 24), (2, 33)]:
-        img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:height, :width])
-        if sampling in SAMPLINGS:
-            ok, buf = cv2.imencode(".jpg", img[..., ::-1], [
-                cv2.IMWRITE_JPEG_QUALITY, 90, cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                getattr(cv2, SAMPLINGS[sampling])])
-            data = buf.tobytes()
-        else:
-            out = io.BytesIO()
-            pil = Image.fromarray(img)
-            (pil.convert("L") if sampling == "gray" else pil).save(
-                out, "JPEG", quality=85, optimize=sampling == "optimized")
-            data = out.getvalue()
+        data = _encoded(photo, sampling, height, width)
         ix = jw.index(data, span)
         if ix is None:  # one MCU wide (4:1:1's are 32 px): nothing to leave out; or a
             # tiny image's optimised tables lack a code the lead MCU needs
