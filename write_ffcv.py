@@ -531,6 +531,12 @@ def _claim_output(out):
     return out.with_name(f'{out.name}.tmp-{os.getpid()}')
 
 
+class _WriterDied(Exception):
+    """Raised in the main thread by write_beton's watchdog (through SIGUSR1, which nothing
+    else here uses: SIGINT may be ignored, as in a background job, or be write_ffcv's own
+    cleanup handler)."""
+
+
 def write_beton(path, images, fields, num_workers, chunk_size, progress):
     """Run ffcv's DatasetWriter; returns the indices of undecodable images."""
     import ffcv.writer  # imported here: ffcv compiles numba code at import (~6 s)
@@ -539,26 +545,32 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
                                        num_workers=num_workers)
     WriterProcess.writers[:] = [writer]
     done, crashed, caught, WriterProcess.started = threading.Event(), [], [], []
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def wake(signum, frame):
+        if crashed and not caught:
+            raise _WriterDied
 
     def watchdog():
         while not done.wait(0.2):
             if any(p.exitcode not in (None, 0) for p in WriterProcess.started):
                 crashed.append(True)
                 break
-        # again each second until the main thread has it: an interrupt that lands while a
-        # finaliser runs is swallowed, and ffcv would wait forever (seen once in CI)
+        # again each second until the main thread has it: an exception raised while a
+        # finaliser runs is swallowed, and ffcv would wait forever
         while crashed and not caught and not done.is_set():
-            _thread.interrupt_main()
+            _thread.interrupt_main(signal.SIGUSR1 if in_main else signal.SIGINT)
             done.wait(1.0)
     # ffcv draws its own progress bar and starts its own processes: name the bar's unit and
     # record the processes, for this call only
     patched = dict(tqdm=partial(tqdm, unit='img', disable=not progress), Process=WriterProcess)
     saved = {name: getattr(ffcv.writer, name) for name in patched}
     vars(ffcv.writer).update(patched)
+    previous = signal.signal(signal.SIGUSR1, wake) if in_main else None
     threading.Thread(target=watchdog, daemon=True).start()
     try:
         writer.from_indexed_dataset(images, chunksize=chunk_size)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _WriterDied):
         caught.append(True)
         for p in WriterProcess.started:
             p.terminate()
@@ -573,6 +585,8 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     finally:
         done.set()
         vars(ffcv.writer).update(saved)
+        if in_main:
+            signal.signal(signal.SIGUSR1, previous)
     return np.flatnonzero(np.frombuffer(images.bad, np.int8))
 
 

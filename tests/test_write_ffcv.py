@@ -6,6 +6,7 @@ default storage keeps each JPEG's bytes; the raw/jpg/proportion options are test
 import hashlib
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -423,24 +424,32 @@ def test_undecodable_fails_cleanly_or_is_skipped(photos, tmp_path):
     assert sorted(p.name for p in out.parent.iterdir()) == ['val.beton', 'val.beton.json']
 
 
-@pytest.mark.parametrize('lost', [0, 1])
-def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch, lost):
+@pytest.mark.parametrize('lost, sigint', [(0, 'default'), (1, 'default'), (0, 'ignored')])
+def test_crashed_writer_process_is_an_error_not_a_hang(photos, tmp_path, monkeypatch, lost,
+                                                       sigint):
     """A non-image makes the field's encode raise inside a forked writer process; the
     watchdog interrupts ffcv's endless wait, again if the first interrupt was lost (one
-    that lands while a finaliser runs is swallowed)."""
+    that lands while a finaliser runs is swallowed), and whatever SIGINT does (ignored in a
+    background job: a CI run launched with `&` hung here)."""
     monkeypatch.setattr(write_ffcv, 'load_original', lambda path, **settings: 'not an image')
     calls, interrupt = [], write_ffcv._thread.interrupt_main
-    def lossy():
+    def lossy(*signum):
         calls.append(1)
         if len(calls) > lost:
-            interrupt()
+            interrupt(*signum)
     monkeypatch.setattr(write_ffcv._thread, 'interrupt_main', lossy)
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if sigint == 'ignored'
+                           else signal.default_int_handler)
     out = tmp_path / 'out' / 'val.beton'
-    with pytest.raises(ConversionError, match='writer process died'):
-        convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
+    try:
+        with pytest.raises(ConversionError, match='writer process died'):
+            convert(small_tree(photos, tmp_path / 'in'), out, 'val', **OPTS)
+    finally:
+        signal.signal(signal.SIGINT, before)
     assert not list(out.parent.iterdir())
     assert all(p.exitcode is not None for p in write_ffcv.WriterProcess.started)
     assert len(calls) == lost + 1
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL   # put back
 
 
 def test_existing_output_needs_overwrite(photos, tmp_path):
