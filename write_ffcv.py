@@ -19,7 +19,7 @@ loader decodes exactly what TF decodes (jpeg_window.py: only the crop window, li
 In the train split each JPEG's bytes are followed by a window index (--cfg.window_index,
 after the JPEG's end, where every decoder stops; jpeg_window.index): every 32 pixels of each
 MCU row, where that MCU's bits start and the DC predictors there, so that a crop's decode
-skips the entropy decoding of the rows above the window and of the columns beside it (1.6x
+skips the entropy decoding of the rows above the window and of the columns beside it (1.7x
 faster, ~2% more bytes, the same pixels). Every index point is checked against the file's
 full decode while writing; a file that cannot be indexed (progressive, restart markers) or
 fails the check is stored bare (counted in the sidecar's `unindexed`).
@@ -97,7 +97,7 @@ def declare_options():
                          default=DEFAULTS['write_mode']),
         window_index=Param(And(int, InRange(0, 65504)), 'original storage: a window index '
                            "point every N pixels of each MCU row, after each JPEG's own bytes "
-                           '(the same pixels, crops decode 1.6x faster, ~2 percent more bytes);'
+                           '(the same pixels, crops decode 1.7x faster, ~2 percent more bytes);'
                            ' 0 = the bare bytes. Default: 32 for train, 0 for the eval splits, '
                            'which are decoded whole', default=DEFAULTS['window_index']),
         jpeg_quality=Param(And(int, InRange(1, 100)), 'jpg/proportion: JPEG quality',
