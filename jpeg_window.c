@@ -360,20 +360,18 @@ static inline int jw_huff_decode(const struct jw_huff *h, const uint8_t *u, size
 }
 
 /* Entropy-decode one MCU of unstuffed bits u from *bit, reading no further than `limit`:
- * each block's DC difference, and where its DC code starts and ends. 0 on a bad code. */
+ * each block's DC difference. 0 on a bad code. */
 static int jw_mcu(const struct jw_scan *S, const struct jw_huff *dc, const struct jw_huff *ac,
-                  const uint8_t *u, size_t *bit, size_t limit, int *diff, size_t *at, size_t *end) {
+                  const uint8_t *u, size_t *bit, size_t limit, int *diff) {
   int b, k, s, r;
   for (b = 0; b < S->nb; b++) {
     const struct jw_huff *hac = &ac[S->ta[S->comp_of[b]]];
     if (*bit > limit) return 0;
-    at[b] = *bit;
     s = jw_huff_decode(&dc[S->td[S->comp_of[b]]], u, bit);
     if (s < 0 || s > 15 || *bit > limit) return 0;
     r = s ? (int)jw_peek(u, *bit, s) : 0;
     *bit += (size_t)s;
     diff[b] = s && r < (1 << (s - 1)) ? r - (1 << s) + 1 : r; /* HUFF_EXTEND */
-    end[b] = *bit;
     for (k = 1; k < 64; k++) {
       if (*bit > limit || (r = jw_huff_decode(hac, u, bit)) < 0) return 0;
       if (r & 15) { k += r >> 4; *bit += (size_t)(r & 15); }
@@ -447,7 +445,7 @@ int jpeg_window_index(const uint8_t *data, size_t size, int span, uint8_t **out,
   struct jw_huff dc[4], ac[4];
   uint8_t *u = NULL, *o = NULL, *w;
   uint32_t *at = NULL;
-  size_t n, m = 0, i, bit = 0, last = 0, blockat[10], blockend[10], npts;
+  size_t n, m = 0, i, bit = 0, last = 0, npts;
   int r, c, b, k, diff[10], pred[4] = {0}, lastpred[4] = {0}, code = JW_NOINDEX, ng, group;
   uint8_t plan[8][8];
   if (!data || !size || !out || !out_size || span < 1 || span > 65535) return JW_EARGS;
@@ -491,7 +489,7 @@ int jpeg_window_index(const uint8_t *data, size_t size, int span, uint8_t **out,
         }
       }
       if (r == S.L.mcus_y) break;
-      if (!jw_mcu(&S, dc, ac, u, &bit, 8 * m, diff, blockat, blockend)) goto done;
+      if (!jw_mcu(&S, dc, ac, u, &bit, 8 * m, diff)) goto done;
       for (b = 0; b < S.nb; b++) {
         k = S.comp_of[b];
         pred[k] += diff[b];
@@ -595,12 +593,15 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
       memcpy(epred + 4 * ((k - g1 - 1) / ng - r0), pred, sizeof(pred));
     }
   }
-  need = S.L.entropy + 6 + 2;
+  need = S.L.entropy + 4; /* + the last byte (and its stuffed zero), EOI */
   for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order, >= 2 bytes */
     if ((epos[r] >> 3) <= (spos[r] >> 3) || epos[r] > 8 * (n0 - S.L.entropy) ||
         (r && spos[r] < epos[r - 1]))
       goto done;
-    need += (epos[r] >> 3) - (spos[r] >> 3) + 2 * 200 + 4;
+    /* the segment with its first byte stuffed, then the lead MCU (10 blocks of DC and
+     * EOB, 7 fillers, and up to 7 bits left by the row before: at most 659 bits, under 96
+     * bytes) stuffed */
+    need += (epos[r] >> 3) - (spos[r] >> 3) + 2 + 2 * 96;
   }
   if (!(sub = malloc(need + JW_PAD))) goto done;
   memcpy(sub, data, S.L.entropy); /* the header, with the smaller size */

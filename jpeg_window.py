@@ -220,8 +220,9 @@ def index(data, span=INDEX_SPAN):
     MCU every `span` pixels of each MCU row; jpeg_window.c) through which a window's decode
     skips the entropy decoding of the rows above it and of the columns outside it. None
     when data cannot be indexed (progressive, restart markers, an AC table that cannot pad
-    the reader's lead MCU, ...): store it as it is. The bytes decode as data does everywhere (any decoder stops at data's EOI); the
-    indexed path equals the plain one pixel for pixel (tests; write_ffcv checks each file)."""
+    the reader's lead MCU, ...): store it as it is. The bytes decode as data does
+    everywhere (any decoder stops at data's EOI); the indexed path equals the plain one
+    pixel for pixel (tests; write_ffcv checks each file)."""
     arr, out, size = _bytes(data), ctypes.c_void_p(), ctypes.c_size_t()
     code = _index_c(arr.ctypes.data, arr.size, int(span), ctypes.byref(out), ctypes.byref(size))
     if code == ERR_NOINDEX:
