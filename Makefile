@@ -5,7 +5,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APT_PKGS := pkg-config libturbojpeg0-dev libopencv-dev libjpeg-dev
-# jpeg_window.c (TF-exact window decode), compiled by jpeg_window.py, which holds the command.
+# vit_speedrun/jpeg/window.c (TF-exact window decode), compiled by its window.py, which holds
+# the command; the library lands in build/, where window.py loads it from.
 JPEG_SO := build/libjpeg_window.so
 # Numba's on-disk cache: compiled kernels survive between runs of the suite and the demo.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
@@ -15,7 +16,7 @@ export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 install: $(STAMP) $(JPEG_SO)
 
 # ffcv compiles a C extension against libturbojpeg and OpenCV, found through pkg-config;
-# jpeg_window.c needs the libjpeg(-turbo) API headers (libjpeg.pc).
+# vit_speedrun/jpeg/window.c needs the libjpeg(-turbo) API headers (libjpeg.pc).
 sysdeps:
 	@if pkg-config --exists libturbojpeg 2>/dev/null && pkg-config --exists libjpeg 2>/dev/null && \
 	    (pkg-config --exists opencv4 2>/dev/null || pkg-config --exists opencv 2>/dev/null); then \
@@ -41,13 +42,13 @@ $(STAMP): requirements.txt requirements-dev.txt | sysdeps
 	$(BIN)/python -c "import ffcv, fastargs, numba, torch, torchmetrics; print('installed: torch', torch.__version__, '| numba', numba.__version__)"
 	touch $(STAMP)
 
-$(JPEG_SO): jpeg_window.c | $(STAMP)
-	$(BIN)/python jpeg_window.py --build
+$(JPEG_SO): vit_speedrun/jpeg/window.c | $(STAMP)
+	$(BIN)/python -m vit_speedrun.jpeg.window --build
 
 # For a machine without libjpeg (a GPU box): copy the libjpeg that the .so links into
 # build/ beside it (found through its rpath $ORIGIN); carrying build/ is then enough.
 jpeg-bundle: $(JPEG_SO)
-	$(BIN)/python jpeg_window.py --bundle
+	$(BIN)/python -m vit_speedrun.jpeg.window --bundle
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -27,9 +27,10 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")
 
 import torch  # noqa: E402
 
-import vit
-from report import (IMAGENET_TRAIN, TPU_90EP_S, compiled_frames, measure_peak_tflops, mfu,
-                    sync)
+from vit_speedrun.data.photos import make_photo_folder  # noqa: E402
+from vit_speedrun.models import vit  # noqa: E402
+from vit_speedrun.train.report import (IMAGENET_TRAIN, TPU_90EP_S, compiled_frames,  # noqa: E402
+                                       measure_peak_tflops, mfu, sync)
 
 
 def _device(name):
@@ -145,46 +146,6 @@ def project(step_img_s, loader_img_s_per_core, gpus=8, cores=None, epochs=(90, 1
     return gpu_rate, data_rate, rows
 
 
-def make_photo_folder(out, n=400, classes=4, seed=0, texture=1.2, noise=13.0):
-    """An ImageFolder (`classes` folders) of n ImageNet-like JPEGs; returns (folder, mean kB).
-
-    500x375 or 375x500, quality 90, 4:2:0 like most of ImageNet: crops of scikit-image's
-    bundled colour photographs plus one of its grayscale textures (grass, gravel, brick, times
-    `texture`) and Gaussian sensor noise (sigma `noise`). The defaults give ~105 kB files, as
-    ImageNet's are at that size; the smooth photographs alone give a third of that, which
-    would understate every decoder's cost (entropy decoding scales with the bytes)."""
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    names = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
-    photos = [getattr(skimage.data, k)()[..., :3] for k in names]
-    photos.append(skimage.data.stereo_motorcycle()[0])
-    textures = [getattr(skimage.data, k)().astype(np.float32) for k in ("grass", "gravel",
-                                                                       "brick")]
-    total = 0
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        size = (500, 375) if i % 4 else (375, 500)
-        side = rng.uniform(0.6, 1.0) * min(photo.shape[:2])
-        crop_w, crop_h = (side, side * 0.75) if size[0] > size[1] else (side * 0.75, side)
-        y0 = rng.uniform(0, photo.shape[0] - crop_h)
-        x0 = rng.uniform(0, photo.shape[1] - crop_w)
-        img = Image.fromarray(photo).resize(size, Image.BILINEAR,
-                                            box=(x0, y0, x0 + crop_w, y0 + crop_h))
-        tex = textures[i % len(textures)]
-        tex = np.asarray(Image.fromarray(tex - tex.mean()).resize(size, Image.BILINEAR))
-        noisy = (np.asarray(img, np.float32) + texture * tex[..., None]
-                 + rng.normal(0, noise, (size[1], size[0], 3)))
-        folder = Path(out) / f"n{i % len(photos) % classes:08d}"  # the class is the photo's
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{i:05d}.JPEG"
-        Image.fromarray(np.clip(noisy + 0.5, 0, 255).astype(np.uint8)).save(
-            path, quality=90, subsampling=2)
-        total += path.stat().st_size
-    return Path(out), total / max(n, 1) / 1e3
-
-
 STORAGE_SETTINGS = {  # name -> write_ffcv options; 'original' is the default and faithful one
     "original": dict(write_mode="original", window_index=32),  # the train split's default
     "original-bare": dict(write_mode="original", window_index=0),  # without the index
@@ -241,37 +202,37 @@ def bench_pipelines(clock, kind, res=224, num_classes=1000):
     of train_pipelines(mix_on_device=True), whose normalise + mixup the GPU then does;
     'full' = train_pipelines with normalise + mixup on the CPU (float32 out, two-hot
     labels); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
-    import rand_augment  # imports ffcv (seconds): only in the commands that load data
+    from vit_speedrun.pp import ffcv_ops  # imports ffcv (seconds): only in the commands that load data
     if kind == 'decode':
-        return {'image': [_DecodeOnly(clock, res)], 'label': [rand_augment.IntDecoder()]}
+        return {'image': [_DecodeOnly(clock, res)], 'label': [ffcv_ops.IntDecoder()]}
     if kind in ('full', 'device'):
-        return rand_augment.train_pipelines(clock, res=res, num_classes=num_classes,
+        return ffcv_ops.train_pipelines(clock, res=res, num_classes=num_classes,
                                             mix_on_device=kind == 'device')
     if kind == 'baseline':
-        return {'image': [rand_augment.InceptionCropDecoder(clock, res),
-                          rand_augment.RandomFlip(clock)],
-                'label': [rand_augment.IntDecoder()]}
+        return {'image': [ffcv_ops.InceptionCropDecoder(clock, res),
+                          ffcv_ops.RandomFlip(clock)],
+                'label': [ffcv_ops.IntDecoder()]}
     if kind == 'ffcv':
         from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
         from ffcv.transforms import RandomHorizontalFlip
         return {'image': [RandomResizedCropRGBImageDecoder((res, res)),
                           RandomHorizontalFlip()],
-                'label': [rand_augment.IntDecoder()]}
+                'label': [ffcv_ops.IntDecoder()]}
     raise ValueError(f"bench_pipelines: kind must be one of {', '.join(LOADER_KINDS)} or "
                      f"ffcv, not {kind!r}")
 
 
 def _DecodeOnly(clock, res):
-    """rand_augment.InceptionCropDecoder without its resize (one pixel is copied, so that
+    """ffcv_ops.InceptionCropDecoder without its resize (one pixel is copied, so that
     the decode cannot be optimised away): the decode stage alone."""
-    import rand_augment
+    from vit_speedrun.pp import ffcv_ops
     from numba import njit
 
     @njit(nogil=True)
     def touch(pixels, y0, x0, h, w, dst):
         dst[0, 0, 0] = pixels[y0, x0, 0]
 
-    class DecodeOnly(rand_augment.InceptionCropDecoder):
+    class DecodeOnly(ffcv_ops.InceptionCropDecoder):
         def resizer(self):
             return touch
     return DecodeOnly(clock, res)
@@ -292,9 +253,9 @@ def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, bat
     from ffcv.loader import Loader, OrderOption
     from ffcv.reader import Reader
 
-    import rand_augment
+    from vit_speedrun.pp import ffcv_ops
     kind = kind or ('full' if full else 'baseline')
-    clock = rand_augment.AugmentClock(seed)
+    clock = ffcv_ops.AugmentClock(seed)
     n = int(Reader(str(beton)).num_samples)
     need = (batches + warmup) * batch_size
     indices = np.tile(np.arange(n), -(-need // n))[:need]
@@ -467,7 +428,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("step", help="fwd + bwd + AdamW on synthetic batches already on the device")
-    p.add_argument("--variant", default="S/16", help="vit.py variant, e.g. S/16; mu/4 for a CPU smoke")
+    p.add_argument("--variant", default="S/16", help="a ViT variant (vit.VARIANTS), e.g. S/16; mu/4 for a CPU smoke")
     p.add_argument("--img-size", type=int, default=224, help="image side in pixels")
     p.add_argument("--batch-size", type=int, default=128, help="per device (the recipe: 1024 / 8)")
     p.add_argument("--steps", type=int, default=20, help="timed steps")
@@ -478,7 +439,7 @@ def main(argv=None):
                         "default, max-autotune-no-cudagraphs")
     p.add_argument("--profile", type=int, default=0, help="profile this many steps: top kernels")
     p.add_argument("--patch-embed", choices=("matmul", "conv"), default="matmul",
-                   help="vit.py's patch embedding as one matmul (default) or its Conv2d")
+                   help="models/vit.py's patch embedding as one matmul (default) or its Conv2d")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast dtype")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
     p.set_defaults(fn=cmd_step)
@@ -528,9 +489,9 @@ def main(argv=None):
                                   "(--section.name=value; python train_vit.py --help).")
     args, overrides = parser.parse_known_args(argv)
     if args.fn in (cmd_loader, cmd_storage, cmd_full):  # these build ffcv Loaders
-        import rand_augment
+        from vit_speedrun.pp import ffcv_ops
         hook = sys.unraisablehook
-        sys.unraisablehook = lambda u: None if rand_augment.is_ffcv_finalizer_noise(u) else hook(u)
+        sys.unraisablehook = lambda u: None if ffcv_ops.is_ffcv_finalizer_noise(u) else hook(u)
     if getattr(args, "compile", 0) is None:
         args.compile = _device(args.device).type == "cuda"
     if args.fn is cmd_full:

@@ -13,8 +13,8 @@ filesystem. training.batch_size is the GLOBAL batch, split evenly over the ranks
 
 Written to logging.folder (rank 0): config.json, log.jsonl (one strict JSON object per line:
 train metrics every logging.log_every steps, evals), checkpoint.pt and checkpoint.prev.pt
-(checkpoints.py: every logging.checkpoint_every steps and at the end), curves.png and
-summary.json at the end (report.py). Running the same command with the same folder resumes
+(train/checkpoints.py: every logging.checkpoint_every steps and at the end), curves.png and
+summary.json at the end (train/report.py). Running the same command with the same folder resumes
 from checkpoint.pt, mid-epoch included, and ends bit-identical to a run that was never
 stopped, weights and train records (tested on CPU and on an H100).
 
@@ -40,108 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fastargs import Param, Section, get_current_config  # noqa: F401 (demo.py reads the config)
+from fastargs import get_current_config  # noqa: F401 (demo.py reads the config)
 from fastargs.decorators import param
-from fastargs.validation import And, InRange, OneOf
 
-import checkpoints
-import cli
-import evaluate
-import loaders
-import rand_augment
-import report
-import vit
-from cli import ConfigError, Flag, Real, RepSize
-from loaders import HostLead
-from ranks import Ranks
+from vit_speedrun.cli import ConfigError
+from vit_speedrun.models import vit
+from vit_speedrun.pp import ffcv_ops
+from vit_speedrun.train import checkpoints, evaluate, loaders, report
+from vit_speedrun.train.config import SECTIONS, parse_config  # noqa: F401 (declares the settings)
+from vit_speedrun.train.loaders import HostLead
+from vit_speedrun.train.ranks import Ranks
 
-Section("data", "datasets written by write_ffcv.py (X.beton with its X.beton.json sidecar)").params(
-    train_dataset=Param(str, "train split .beton (the 99% of ImageNet train)", required=True),
-    minival_dataset=Param(str, "minival split .beton; '' = no minival eval", default=""),
-    val_dataset=Param(str, "ImageNet val .beton; '' = no val eval", default=""),
-    real=Param(Flag(), "also score ReaL with the val .beton's 'real' field", default=False),
-    v2_dataset=Param(str, "ImageNet-v2 .beton; '' = no v2 eval", default=""),
-    num_workers=Param(And(int, InRange(min=0)),
-                      "decoding threads per rank; 0 = the rank's share of the cores minus one "
-                      "(one left for the training loop: README 'Speed')", default=0),
-    in_memory=Param(Flag(), "let the OS page cache hold the .beton (ffcv os_cache)", default=True),
-)
-Section("model", "big_vision ViT (vit.py)").params(
-    variant=Param(str, "'<name>/<patch>', e.g. S/16; names in vit.VARIANTS", default="S/16"),
-    img_size=Param(And(int, InRange(min=1)), "train crop size and eval crop size (pixels)",
-                   default=224),
-    pool_type=Param(OneOf(["gap", "tok"]), "global average pool or [cls] token", default="gap"),
-    posemb=Param(OneOf(["sincos2d", "learn"]), "fixed 2-D sin-cos or learned", default="sincos2d"),
-    rep_size=Param(RepSize(), "tanh pre-logits layer: true, false (linear head) or width",
-                   default=True),
-    head_zeroinit=Param(Flag(), "zero-initialised head kernel", default=True),
-)
-Section("augment", "train preprocessing (rand_augment.py); eval has its own crop").params(
-    crop_area_min=Param(Real(1e-6, 1), "inception crop: smallest area fraction", default=0.05),
-    flip=Param(Flag(), "random horizontal flip, p = 0.5", default=True),
-    randaug_layers=Param(And(int, InRange(min=0)), "RandAugment ops per image; 0 = RandAugment off",
-                         default=2),
-    randaug_magnitude=Param(And(int, InRange(0, 10)), "RandAugment level (max 10)", default=10),
-    randaug_fixed=Param(Flag(), "fix the reference's Contrast/Solarize quirks", default=False),
-    mixup_alpha=Param(Real(), "mixup a ~ Beta(alpha, alpha); 0 = mixup off", default=0.2),
-    mix_on_device=Param(OneOf(["auto", "on", "off"]), "normalise + mix images on the device "
-                        "(uint8 host->device copy, same numbers); auto = on GPU", default="auto"),
-)
-Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cosine").params(
-    lr=Param(Real(), "peak learning rate (big_vision config.lr)", default=1e-3),
-    weight_decay=Param(Real(), "torch AdamW decay: the step decays w by lr*s(t)*this",
-                       default=0.1),
-    beta1=Param(Real(0, 1, open_high=True), "Adam b1", default=0.9),
-    beta2=Param(Real(0, 1, open_high=True), "Adam b2", default=0.999),
-    eps=Param(Real(), "Adam eps", default=1e-8),
-    grad_clip_norm=Param(Real(), "clip the global gradient norm to this; 0 = off", default=1.0),
-    warmup_steps=Param(And(int, InRange(min=0)),
-                       "linear warmup from exactly 0 over this many steps", default=10_000),
-    impl=Param(OneOf(["auto", "fused", "foreach", "forloop"]),
-               "torch AdamW kernel; auto = fused on GPU, foreach on CPU", default="auto"),
-)
-Section("training", "the run").params(
-    epochs=Param(Real(1e-9), "epochs; steps = round(epochs * n_train / batch_size)", default=90),
-    batch_size=Param(And(int, InRange(min=1)), "GLOBAL batch, split over the ranks", default=1024),
-    max_steps=Param(And(int, InRange(min=0)),
-                    "stop after this step (schedule unchanged); 0 = run to the end",
-                    default=0),
-    seed=Param(And(int, InRange(0, 2**32 - 1)), "model init, data order and augmentation seed",
-               default=0),
-    precision=Param(OneOf(["bf16", "fp32"]), "autocast dtype (CPU too)", default="bf16"),
-    compile=Param(OneOf(["auto", "on", "off"]), "torch.compile; auto = on GPU only",
-                  default="auto"),
-    compile_mode=Param(OneOf(["default", "reduce-overhead", "max-autotune",
-                              "max-autotune-no-cudagraphs"]),
-                       "torch.compile mode; reduce-overhead replays CUDA graphs (H100: 20% faster "
-                       "runs, the same numbers; README 'Speed')", default="reduce-overhead"),
-)
-Section("eval", "top-1 on minival, val, ReaL and v2").params(
-    every=Param(And(int, InRange(min=0)),
-                "eval every this many steps (and at the end); 0 = only at the end",
-                default=2500),
-    batch_size=Param(And(int, InRange(min=1)), "GLOBAL eval batch", default=1024),
-    crop_ratio=Param(Real(1e-6, 1), "centre crop side / shorter side (224/256: resize 256, "
-                     "crop 224)", default=224 / 256),
-)
-Section("logging", "what rank 0 writes and shows").params(
-    folder=Param(str, "output folder; a checkpoint there is resumed", required=True),
-    log_every=Param(And(int, InRange(min=1)),
-                    "log train metrics (and check the loss is finite) every N steps",
-                    default=50),
-    checkpoint_every=Param(And(int, InRange(min=0)),
-                           "checkpoint every N steps (and at the end); 0 = end only",
-                           default=1000),
-    progress=Param(Flag(), "tqdm progress bar", default=True),
-    peak_tflops=Param(Real(), "per-device peak TFLOP/s for MFU; 0 = measure a matmul at "
-                      "start-up", default=0.0),
-)
-Section("debug", "fault injection for tests").params(
-    nonfinite_at_step=Param(int, "make the inputs NaN at this step (tests the guard); -1 = off",
-                            default=-1),
-)
-
-SECTIONS = ("data", "model", "augment", "optimizer", "training", "eval", "logging", "debug")
 EXIT_OK, EXIT_NONFINITE, EXIT_CONFIG, EXIT_SIGTERM = 0, 1, 2, 128 + signal.SIGTERM
 STUCK_STEPS = 300  # a loss still at ln(num_classes) after this many steps is warned of
 
@@ -222,13 +131,6 @@ def optimization_step(model, optimizer, params, images_nchw, targets, precision,
     return loss.detach(), grad_norm.detach()
 
 
-def parse_config(argv=None):
-    """The settings from --config-file files and --section.name=value flags, checked
-    (cli.parse: unknown keys and flags named with the nearest known one, bad values with
-    what they accept); --help prints them all."""
-    return cli.parse(argv, SECTIONS, __doc__.split("\n\n")[0], "train_vit.py")
-
-
 class Trainer:
     """One training run; the methods below come in the order they run."""
 
@@ -248,7 +150,7 @@ class Trainer:
     @param("eval.batch_size", "eval_batch_size")
     @param("training.seed")
     def setup_distributed(self, batch_size, eval_batch_size, seed):
-        """This rank, its device and the process group (ranks.py; also for a single torchrun
+        """This rank, its device and the process group (train/ranks.py; also for a single torchrun
         process: the path an 8-GPU run takes); the global batches split over the ranks."""
         self.ranks = r = Ranks()
         self.rank, self.world_size, self.device = r.rank, r.world_size, r.device
@@ -301,9 +203,9 @@ class Trainer:
                             max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
         self.num_workers = num_workers or default_loader_threads()
-        self.clock = rand_augment.AugmentClock(seed)
+        self.clock = ffcv_ops.AugmentClock(seed)
         on_device = mix_on_device == "on" or (mix_on_device == "auto" and self.device.type == "cuda")
-        pipes = rand_augment.train_pipelines(
+        pipes = ffcv_ops.train_pipelines(
             self.clock, res=img_size, flip=flip, fixed=randaug_fixed,
             randaug=(randaug_layers, randaug_magnitude) if randaug_layers > 0 else None,
             mixup_alpha=mixup_alpha, num_classes=self.num_classes,
@@ -326,7 +228,7 @@ class Trainer:
     @param("model.img_size")
     @param("eval.crop_ratio")
     def create_eval_loaders(self, in_memory, real, img_size, crop_ratio):
-        """The eval sets' loaders (evaluate.py: big_vision's eval preprocessing, this rank's
+        """The eval sets' loaders (train/evaluate.py: big_vision's eval preprocessing, this rank's
         shard of each set)."""
         self.eval_loaders = evaluate.eval_loaders(
             self.sidecars, self.device, self.rank, self.world_size, self.eval_batch_per_rank,
@@ -619,7 +521,7 @@ class Trainer:
     @param("model.variant")
     @param("model.img_size")
     def finish(self, variant, img_size):
-        """curves.png and the summary (report.py), printed and as summary.json."""
+        """curves.png and the summary (train/report.py), printed and as summary.json."""
         batch = self.batch_per_rank * self.world_size
         steps = self.step - self.session_first_step
         self.recompiles = report.compiled_frames() - self.frames_after_first

@@ -15,7 +15,7 @@ eval sets agree.
 
 Storage (--cfg.write_mode). The default, `original`, is what the reference trains on (TFDS
 imagenet2012): every RGB or grayscale JPEG's own bytes, unchanged, at full resolution, so the
-loader decodes exactly what TF decodes (jpeg_window.py: only the crop window, libjpeg IFAST).
+loader decodes exactly what TF decodes (jpeg/window.py: only the crop window, libjpeg IFAST).
 In the train split each JPEG's bytes are followed by a window index (--cfg.window_index,
 after the JPEG's end, where every decoder stops; jpeg_window.index): every 32 pixels of each
 MCU row, where that MCU's bits start and the DC predictors there, so that a crop's decode
@@ -34,7 +34,7 @@ warns when a set is not stored `original` or `restart`.
 `restart` (off by default) is the speed option that keeps the pixels: each JPEG losslessly
 transcoded (the same DCT coefficients, quantisation and sampling; optimised Huffman tables)
 with a restart marker after every MCU, so that the loader entropy-decodes only the crop
-window's MCUs instead of every row above it (jpeg_window.c). Every file's full decode is
+window's MCUs instead of every row above it (jpeg/window.c). Every file's full decode is
 compared with the original's while writing; a file whose pixels would differ keeps its
 original bytes (counted in the sidecar). EXIF orientation is ignored as in TF's decoder,
 and hidden or non-image files are skipped. Nothing appears at write_path unless the
@@ -57,6 +57,8 @@ import numpy as np
 from fastargs import Param, Section
 from fastargs.validation import And, InRange, OneOf
 from PIL import Image
+
+from vit_speedrun.data.betons import ConversionError, check_beton, read_sidecar  # noqa: F401
 
 REAL_MAX = 16          # longest ReaL label set we store ('real' field, padded with -1)
 SPLITS = ('train', 'minival', 'val', 'v2')
@@ -117,82 +119,13 @@ def declare_options():
     )
 
 
-class ConversionError(Exception):
-    """Bad input or settings; the message names the path and what to do."""
-
-
-def read_sidecar(beton_path):
-    """The sidecar dict of `X.beton` (also accepts the `X.beton.json` path itself)."""
-    path = Path(str(beton_path) if str(beton_path).endswith('.json') else f'{beton_path}.json')
-    if not path.is_file():
-        raise ConversionError(f'{path}: sidecar not found. write_ffcv.py writes it next to '
-                              f'every .beton; convert the data again with write_ffcv.py.')
-    return json.loads(path.read_text())
-
-
-def check_beton(path):
-    """Check that `path` is a whole .beton before a loader reads it; returns its number of
-    samples. FFCV's layout (ffcv/writer.py): header, field descriptors, per-sample metadata,
-    pages of data, then the allocation table (sample_id, ptr, size) from
-    header['alloc_table_ptr'] to the end of the file; the header is written last. A file cut
-    short or never finished fails here, named, instead of as a numpy error or a dead loader
-    thread mid-training."""
-    from ffcv.types import (ALLOC_TABLE_TYPE, CURRENT_VERSION, FieldDescType, HeaderType,
-                            get_handlers, get_metadata_type)
-    from ffcv.fields import BytesField, JSONField, NDArrayField, RGBImageField
-
-    size = os.path.getsize(path)
-    redo = 'Convert it again with write_ffcv.py (or copy it again, if it was copied).'
-    if size < HeaderType.itemsize:
-        raise ConversionError(f'{path}: {size} bytes, too short for an FFCV header '
-                              f'({HeaderType.itemsize} bytes): empty or cut short. {redo}')
-    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
-    if header['version'] != CURRENT_VERSION:
-        raise ConversionError(f'{path}: not an FFCV file (format version {header["version"]}, '
-                              f'expected {CURRENT_VERSION}), or its conversion never finished. '
-                              f'{redo}')
-    n, table = int(header['num_samples']), int(header['alloc_table_ptr'])
-    fields_end = HeaderType.itemsize + int(header['num_fields']) * FieldDescType.itemsize
-    if fields_end > size:
-        raise ConversionError(f'{path}: cut short ({size:,} bytes, its header alone needs '
-                              f'{fields_end:,}). {redo}')
-    fields = np.fromfile(path, dtype=FieldDescType, count=int(header['num_fields']),
-                         offset=HeaderType.itemsize)
-    try:
-        handlers = get_handlers(fields)
-        metadata_type = get_metadata_type(handlers)
-    except (KeyError, AttributeError, TypeError, ValueError) as e:
-        raise ConversionError(f'{path}: unreadable field descriptors ({e}). {redo}') from None
-    metadata_end = fields_end + n * metadata_type.itemsize
-    entries, rest = divmod(size - table, ALLOC_TABLE_TYPE.itemsize)
-    if not metadata_end <= table <= size or rest:
-        raise ConversionError(
-            f'{path}: cut short or damaged: {size:,} bytes, but its header says that the data '
-            f'of its {n:,} samples run to byte {table:,}, followed by an allocation table of '
-            f'{ALLOC_TABLE_TYPE.itemsize}-byte entries to the end of the file. {redo}')
-    allocs = np.fromfile(path, dtype=ALLOC_TABLE_TYPE, count=entries, offset=table)
-    metadata = np.fromfile(path, dtype=metadata_type, count=n, offset=fields_end)
-    missing = 0
-    for name, handler in zip(metadata_type.names, handlers):  # ints and floats: no pointer
-        if isinstance(handler, (RGBImageField, BytesField, JSONField, NDArrayField)):
-            m = metadata[name]
-            ptrs = (m['data_ptr'] if isinstance(handler, RGBImageField) else
-                    m if isinstance(handler, NDArrayField) else m['ptr'])
-            missing += int((~np.isin(ptrs, allocs['ptr'])).sum())
-    if missing or (allocs['ptr'] + allocs['size'] > table).any() or (allocs['sample_id'] >= n).any():
-        raise ConversionError(f'{path}: cut short or damaged: the data of {missing:,} of its '
-                              f'{n:,} samples are missing from its allocation table '
-                              f'({entries:,} entries, {size:,} bytes). {redo}')
-    return n
-
-
 def load_rgb(path):
     """uint8 HxWx3 pixels of any image file (the content decides, not the suffix): JPEGs
     as TF decodes them (jpeg_window: libjpeg IFAST; grayscale replicated, CMYK by TF's
     rule), anything else through PIL's RGB conversion."""
     data = np.fromfile(path, np.uint8)
     if data[:2].tobytes() == JPEG_SOI:
-        import jpeg_window
+        from vit_speedrun.jpeg import window as jpeg_window
         return jpeg_window.decode(data)
     with Image.open(path) as image:
         return np.asarray(image.convert('RGB'))
@@ -207,7 +140,7 @@ def with_index(data, pixels, span):
     image one strip wide has a point per MCU row only: bands 8 rows high check those (a
     band that leaves nothing out is served by the plain path, and so is any window that
     would use the points only it covers); None if no band uses the index at all."""
-    import jpeg_window
+    from vit_speedrun.jpeg import window as jpeg_window
     indexed = jpeg_window.index(data, span)
     if indexed is None:
         return None
@@ -238,7 +171,7 @@ def load_original(path, restart=False, index_span=0):
     followed by their window index (with_index); restart=True (write_mode=restart): the
     JPEG's restart transcode instead when its full decode equals the original's; both with
     a fourth item, False, when the bare bytes had to be stored."""
-    import jpeg_window
+    from vit_speedrun.jpeg import window as jpeg_window
     data = np.fromfile(path, np.uint8)
     if data[:2].tobytes() == JPEG_SOI:
         with Image.open(path) as image:
@@ -628,7 +561,7 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
         keep = minival_mask(paths, labels, minival_fraction, seed) == (split == 'minival')
         paths, labels = [p for p, k in zip(paths, keep) if k], labels[keep]
     from ffcv.fields import IntField, NDArrayField  # slow import, see above
-    import jpeg_window  # noqa: F401  (built here once, not in every writer process)
+    from vit_speedrun.jpeg import window as jpeg_window  # noqa: F401  (built here once, not in every writer process)
     fields = {'image': image_field(opts), 'label': IntField()}
     if reals is not None:
         fields['real'] = NDArrayField(dtype=np.dtype('int16'), shape=(REAL_MAX,))
@@ -691,7 +624,7 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
 
 
 def main(argv=None):
-    import cli
+    from vit_speedrun import cli
     declare_options()
     try:
         config = cli.parse(argv, ('cfg',), __doc__, 'write_ffcv.py')

@@ -5,7 +5,7 @@ one thing the trainer does per step. Run on a lent GPU box (README "Speed"), not
     python .ci/trainer_gap.py                    # ViT-S/16, batch 128, compiled (CUDA graphs)
 
 Rows: the bare step; + the loader's share on the device (lr set, the uint8 batch copied
-from pinned memory, rand_augment.DeviceNormalizeMixup, report.SpeedWindows' loss sums);
+from pinned memory, ffcv_ops.DeviceNormalizeMixup, report.SpeedWindows' loss sums);
 DDP with PyTorch's defaults, then as the trainer wraps it (train_vit.wrap_ddp); and with
 busy CPU processes standing in for the loader threads. ms per step, median of 3 timings.
 """
@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-import rand_augment  # noqa: E402
-import report  # noqa: E402
+from vit_speedrun.pp import ffcv_ops  # noqa: E402
+from vit_speedrun.train import report  # noqa: E402
 import train_vit  # noqa: E402
-import vit  # noqa: E402
+from vit_speedrun.models import vit  # noqa: E402
 
 
 def busy(stop):
@@ -66,7 +66,7 @@ def main(argv=None):
     u8_host = torch.randint(0, 256, (n, s, s, 3), dtype=torch.uint8)
     u8_host = u8_host.pin_memory() if cuda else u8_host
     buffers = (torch.empty(n, 3, s, s, device=dev), torch.empty(n, 3, s, s, device=dev))
-    mix = rand_augment.DeviceNormalizeMixup(rand_augment.AugmentClock(0)).generate_code()
+    mix = ffcv_ops.DeviceNormalizeMixup(ffcv_ops.AugmentClock(0)).generate_code()
     targets = torch.softmax(torch.randn(n, 1000, device=dev), -1)
     fixed = torch.rand(n, 3, s, s, device=dev) * 2 - 1
 

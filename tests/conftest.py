@@ -30,6 +30,48 @@ def photos():
     return real_photos()
 
 
+# A small set of real photographs for the pipeline's Loader tests (tests/pp/test_ffcv_ops.py)
+# and rand_augment.py's picture: N views, labels (i // 2) % NUM_CLASSES, a thin strip at STRIP.
+N, NUM_CLASSES = 24, 10
+STRIP = 5                      # a 6x200 image: no 5%-area box of aspect <= 1.33 fits
+
+
+@pytest.fixture(scope="session")
+def dataset(photos):
+    """N views of real photographs, 40-120 px, plus a 6x200 strip; labels (i // 2) % 10
+    so that half the mixup pairs share a label."""
+    import cv2
+    rng = np.random.default_rng(0)
+    names = sorted(photos)
+    images = []
+    for i in range(N):
+        if i == STRIP:
+            images.append(np.ascontiguousarray(cv2.resize(photos["rocket"], (200, 6),
+                                                          interpolation=cv2.INTER_AREA)))
+            continue
+        img = photos[names[i % len(names)]]
+        h, w = img.shape[:2]
+        side = int(rng.integers(40, 121))
+        size = (max(8, int(side * w / max(h, w))), max(8, int(side * h / max(h, w))))
+        images.append(np.ascontiguousarray(cv2.resize(img, size,
+                                                      interpolation=cv2.INTER_AREA)))
+    labels = [(i // 2) % NUM_CLASSES for i in range(N)]
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def beton(dataset, tmp_path_factory):
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+    images, labels = dataset
+    path = str(tmp_path_factory.mktemp("beton") / "photos.beton")
+    items = list(zip(images, labels))
+    writer = DatasetWriter(path, {"image": RGBImageField(write_mode="raw"),
+                                  "label": IntField()}, num_workers=1, page_size=1 << 21)
+    writer.from_indexed_dataset(items)
+    return path
+
+
 def pytest_configure(config):
     # numba's dispatcher finaliser raises KeyError when the per-Loader decoder dispatchers
     # FFCV 1.0.2 creates are garbage-collected (harmless, ignored by Python; seen with

@@ -9,6 +9,7 @@ import torch
 
 import benchmark
 from conftest import ROOT
+from vit_speedrun.data.photos import make_photo_folder
 
 
 def results(text):
@@ -65,7 +66,7 @@ def test_flash_check_uses_the_models_attention_shape():
 
 
 def test_mfu_is_one_definition():
-    import report
+    from vit_speedrun.train import report
     assert report.mfu(1000, 27.4e9, 800) == pytest.approx(1000 * 27.4e9 / 800e12)
     peak, source = report.peak_source(torch.device("cpu"), torch.float32, 123.0)
     assert peak == 123.0 and "logging.peak_tflops" in source
@@ -75,7 +76,7 @@ def test_mfu_is_one_definition():
 
 @pytest.fixture(scope="module")
 def photo_folder(tmp_path_factory):
-    folder, kb = benchmark.make_photo_folder(tmp_path_factory.mktemp("photos") / "photos", n=24)
+    folder, kb = make_photo_folder(tmp_path_factory.mktemp("photos") / "photos", n=24)
     assert 80 < kb < 140, "ImageNet-like bytes per 500x375 photo"
     return folder
 

@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import checkpoints
-import rand_augment
-import report
-import evaluate
-import loaders
+from vit_speedrun.train import checkpoints
+from vit_speedrun.pp import ffcv_ops
+from vit_speedrun.train import report
+from vit_speedrun.train import evaluate
+from vit_speedrun.train import loaders
 import train_vit
-import vit
+from vit_speedrun.models import vit
 import write_ffcv
 from conftest import ROOT, real_photos
 
@@ -188,7 +188,7 @@ def test_resumable_order_skips_whole_batches(data):
     order, ld = loader(0, 1, 16)
     full = order.sample_order(4)
     assert len(ld) == 5 and len(full) == 80
-    resumed = loaders.epoch_iterator(ld, rand_augment.AugmentClock(3), 4, first_batch=2)
+    resumed = loaders.epoch_iterator(ld, ffcv_ops.AugmentClock(3), 4, first_batch=2)
     assert np.array_equal(resumed.order, full[32:])
     assert len(list(resumed)) == 3  # batches 2, 3, 4: no partial batch of the leftover 6
     halves = [loader(r, 2, 1)[0].sample_order(1) for r in range(2)]  # 43 batches of 1 each
@@ -294,7 +294,7 @@ def test_log_checkpoint_plot_and_summary(reference):
     summary = json.loads((reference / "summary.json").read_text())
     assert summary["steps"] == STEPS and summary["final"].keys() == {
         "minival_top1", "val_top1", "real_top1", "v2_top1"}
-    # one MFU definition (report.py): against a matmul measured in the run, on CPU too
+    # one MFU definition (train/report.py): against a matmul measured in the run, on CPU too
     assert summary["mfu"] > 0 and summary["img_per_s"] > 0
     assert "measured on this device" in summary["peak_source"] and summary["peak_tflops"] > 0
     ckpt = load_checkpoint(reference)
@@ -487,8 +487,8 @@ def test_torchrun_two_ranks(data, two_ranks):
         loader = Loader(
             str(data["val"]), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
             indices=np.arange(rank, 24, 2), drop_last=False, pipelines={
-                "image": [rand_augment.EvalDecoder(32, round(32 / 0.875)),
-                          rand_augment.Normalize(), ToTensor()],
+                "image": [ffcv_ops.EvalDecoder(32, round(32 / 0.875)),
+                          ffcv_ops.Normalize(), ToTensor()],
                 "label": [IntDecoder(), ToTensor()],
                 "real": [NDArrayDecoder(), ToTensor()]})
         train_vit._LOADERS.append(loader)

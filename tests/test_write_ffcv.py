@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import jpeg_window
+from vit_speedrun.jpeg import window as jpeg_window
 import write_ffcv
 from write_ffcv import REAL_MAX, ConversionError, convert, minival_mask, read_sidecar
 
@@ -42,7 +42,7 @@ def crop(photos, k):
 
 def decoded(path):
     """The pixels of a source file as the reference decodes it: TF's JPEG decode (libjpeg
-    IFAST, tests/test_jpeg_window.py), PIL's RGB conversion for anything else."""
+    IFAST, tests/jpeg/test_window.py), PIL's RGB conversion for anything else."""
     data = Path(path).read_bytes()
     if data[:2] == b'\xff\xd8':
         return jpeg_window.decode(data)
@@ -226,7 +226,7 @@ def test_restart_storage_has_the_same_pixels_and_crops(data, betons):
     full decode equals the original's), the converted files as in original storage; through
     a real Loader the same train crops, pixel for pixel, as the original bytes with their
     window index (the default) and without it (window_index=0)."""
-    import rand_augment as ra
+    from vit_speedrun.pp import ffcv_ops as ra
     from ffcv.fields.basics import IntDecoder
     from ffcv.loader import Loader, OrderOption
     meta = read_sidecar(betons / 'restart.beton')

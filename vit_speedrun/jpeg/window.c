@@ -1,4 +1,4 @@
-/* jpeg_window.c: decode one (y, x, h, w) window of a JPEG the way TensorFlow's
+/* vit_speedrun/jpeg/window.c: decode one (y, x, h, w) window of a JPEG the way TensorFlow's
  * tf.image.decode_and_crop_jpeg does (tensorflow/core/lib/jpeg/jpeg_mem.cc, UncompressLow
  * with crop): libjpeg(-turbo), RGB out, JDCT_IFAST, fancy upsampling, jpeg_crop_scanline
  * for the columns, jpeg_skip_scanlines to y, rows read one at a time. Same library calls,
@@ -10,7 +10,7 @@
  * Two faster paths give the same pixels by decoding a smaller JPEG made of the window's
  * MCUs: a file followed by its window index (write_ffcv's train default, below) and a file
  * with a restart marker after every MCU (write_mode=restart). jpeg_window_decode picks.
- * Built by jpeg_window.py (the one place that holds the compiler command). */
+ * Built by vit_speedrun/jpeg/window.py (the one place that holds the compiler command). */
 #include <setjmp.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -130,7 +130,7 @@ static int jw_decode(const uint8_t *data, size_t size, int y, int x, int h, int 
  * its DC predictors reset, so the window's MCUs (plus the fancy upsampler's context rows,
  * jw_rows) can be copied into a
  * smaller JPEG whose decode, cropped the same way relative to the MCU grid, gives the same
- * pixels as TF's decode of the whole file (tests/test_jpeg_window.py checks it against the
+ * pixels as TF's decode of the whole file (tests/jpeg/test_window.py checks it against the
  * golden windows and the plain path). The rows above the window, which the plain path must
  * entropy-decode, cost nothing here. */
 

@@ -1,7 +1,7 @@
 """Evaluation as big_vision runs it: top-1 on minival, val, ReaL and v2.
 
 Each set is read with `decode|resize_small(round(img_size / crop_ratio))|central_crop(
-img_size)|value_range(-1, 1)` (256 and 224 by default; rand_augment.EvalDecoder, TF's area
+img_size)|value_range(-1, 1)` (256 and 224 by default; ffcv_ops.EvalDecoder, TF's area
 resize bit for bit), raw weights, no test-time flips (../shared/RECIPE.md, "Eval
 preprocessing"). Each rank scores a disjoint strided shard of every set (no padding), and
 torchmetrics sums the counts over the ranks, so the reduced top-1 is exact.
@@ -15,8 +15,8 @@ from ffcv.fields.ndarray import NDArrayDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToDevice, ToTensor
 
-import loaders
-import rand_augment
+from vit_speedrun.train import loaders
+from vit_speedrun.pp import ffcv_ops
 
 SETS = ("minival", "val", "v2")
 
@@ -53,8 +53,8 @@ def eval_loaders(sidecars, device, rank, world_size, batch_per_rank, num_workers
         path, meta = sidecars[name]
         with_real = name == "val" and real
         pipelines = {
-            "image": [rand_augment.EvalDecoder(img_size, round(img_size / crop_ratio)),
-                      rand_augment.Normalize(), *to_device],
+            "image": [ffcv_ops.EvalDecoder(img_size, round(img_size / crop_ratio)),
+                      ffcv_ops.Normalize(), *to_device],
             "label": [IntDecoder(), *to_device],
             "real": [NDArrayDecoder(), *to_device] if with_real else None}
         out[name] = with_real, Loader(

@@ -4,7 +4,7 @@ Why this file exists: the paper's preprocessing runs TF ops in float32 and trunc
 RandAugment changes every training image, so small arithmetic differences would make this
 a different recipe. Each kernel below repeats the reference's arithmetic operation by
 operation (float32 where TF uses float32, the same summation order, the same rounding),
-and `tests/test_augment_ops.py` checks every case of ../shared/golden against it.
+and `tests/pp/test_randaug_ops.py` checks every case of ../shared/golden against it.
 
 Layout: one small in-place kernel per op, a table `OPS` (name -> kernel), one numba
 dispatcher `apply_op_inplace` that the FFCV RandAugment operation calls per image, and
@@ -29,8 +29,8 @@ Reference quirks reproduced by default (RECIPE.md, "RandAugment as big_vision ru
   grayscale image, computed as the later, fixed big_vision/TF code does:
   trunc(sum_k hist[k] * k / num_pixels) in float32.
 
-Run `python augment_ops.py --golden` for the per-op match table against the reference and
-`python augment_ops.py --bench` for microseconds per 224x224 image per op.
+Run `python -m vit_speedrun.pp.randaug_ops --golden` for the per-op match table against the reference and
+`python vit_speedrun/pp/randaug_ops.py --bench` for microseconds per 224x224 image per op.
 """
 import argparse
 import json

@@ -1,4 +1,5 @@
-"""vit.py against RECIPE.md "Model": size, initialisers, posemb, switches, decay groups, FLOPs.
+"""vit_speedrun/models/vit.py against RECIPE.md "Model": size, initialisers, posemb, switches,
+decay groups, FLOPs.
 
 The model is checked against an independent plain-torch forward (explicit softmax
 attention with separate q, k, v), so the fused-qkv/SDPA layout cannot silently drift.
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import vit
+from vit_speedrun.models import vit
 
 TRUNC_STD = .87962566103423978  # std of a standard normal truncated at +-2
 

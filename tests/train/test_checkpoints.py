@@ -1,4 +1,4 @@
-"""checkpoints.py: the rotation that keeps a good checkpoint on disk at every moment, a kill
+"""train/checkpoints.py: the rotation that keeps a good checkpoint on disk at every moment, a kill
 at any point of it, and the finite check. Its use by the trainer (lr=1e38, cut-short and
 foreign checkpoints) is tested through train_vit.main in test_train_vit.py."""
 import os
@@ -6,9 +6,9 @@ import os
 import pytest
 import torch
 
-import checkpoints
+from vit_speedrun.train import checkpoints
 import train_vit
-import vit
+from vit_speedrun.models import vit
 
 CPU = torch.device("cpu")
 

@@ -1,4 +1,4 @@
-"""tf_image.py against TensorFlow's own outputs (../shared/golden/tf_*.npz, TF 2.15.1):
+"""pp/tf_image.py against TensorFlow's own outputs (../shared/golden/tf_*.npz, TF 2.15.1):
 the crop sampler by distribution (its random numbers are ours, not TF's Philox), the
 train bilinear resize and the eval area resize + central crop value for value, and both
 FFCV decoders through real Loaders."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from numba.core.registry import CPUDispatcher
 
-import rand_augment as ra
-import tf_image as T
+from vit_speedrun.pp import ffcv_ops as ra
+from vit_speedrun.pp import tf_image as T
 from conftest import SHARED
 
 GOLDEN = SHARED / "golden"
@@ -272,10 +272,10 @@ def test_jpeg_decoders_decode_then_run_the_kernels(photos, tmp_path, quiet_final
 
 def test_inception_crop_decodes_the_window_alone(photos, tmp_path, quiet_finalizers):
     """The train decoder on stored JPEG bytes is TF's decode_and_crop_jpeg of the sampled
-    window (jpeg_window, itself checked against TF in test_jpeg_window.py), then TF's
+    window (jpeg_window, itself checked against TF in tests/jpeg/test_window.py), then TF's
     bilinear resize: not a full decode sliced, which differs in the window's edge columns
     on 4:2:0 files for about half of the windows."""
-    import jpeg_window
+    from vit_speedrun.jpeg import window as jpeg_window
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import encode_jpeg
     names = sorted(photos)
@@ -302,7 +302,7 @@ def test_inception_crop_decodes_the_window_alone(photos, tmp_path, quiet_finaliz
 
 
 # ------------------------------------------------------------------------ house rules
-@pytest.mark.parametrize("module", [T, ra], ids=["tf_image", "rand_augment"])
+@pytest.mark.parametrize("module", [T, ra], ids=["tf_image", "ffcv_ops"])
 def test_every_kernel_pins_fastmath_off(module):
     """As in test_augment_ops: FFCV compiles its stages with fastmath=True and numba hands
     that to callees that leave it unset, which would break the bit-exact float32 here."""

@@ -3,7 +3,7 @@
 Every golden case is checked pixel by pixel. The acceptance bar is "point ops exact,
 the others >= 99.9% exact and all within 1 level"; the kernels reach 100% on every op,
 so the tests hold them to that and print the per-op table (`pytest -s` shows it; the
-same table comes from `python augment_ops.py --golden`).
+same table comes from `python vit_speedrun/pp/randaug_ops.py --golden`).
 """
 import json
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-import augment_ops as A
+from vit_speedrun.pp import randaug_ops as A
 from conftest import GOLDEN
 
 POINT_OPS = ("Invert", "Posterize", "Solarize", "SolarizeAdd", "AutoContrast", "Equalize")

@@ -13,8 +13,8 @@ from ffcv.loader.epoch_iterator import EpochIterator
 from ffcv.traversal_order.base import TraversalOrder
 from torch.utils.data import DistributedSampler
 
-from cli import ConfigError
-from write_ffcv import ConversionError, check_beton, read_sidecar
+from vit_speedrun.cli import ConfigError
+from vit_speedrun.data.betons import ConversionError, check_beton, read_sidecar
 
 # Every ffcv Loader jits its own numba dispatchers of the same functions (ffcv's imdecode...).
 # When an old one is garbage-collected while a new Loader compiles in its thread, numba 0.68
@@ -25,15 +25,15 @@ LOADERS = []
 
 def train_loader(path, pipelines, clock, device, *, rank, world_size, distributed, batch_size,
                  num_workers, in_memory, seed, mix_on_device, mixup_alpha):
-    """The run's one train Loader: rand_augment.train_pipelines(...) `pipelines`, then to the
+    """The run's one train Loader: ffcv_ops.train_pipelines(...) `pipelines`, then to the
     device; with mix_on_device the images go as uint8 and are normalised and mixed there
-    (rand_augment.device_tail: float32 NCHW out), else they arrive float32 NHWC."""
+    (ffcv_ops.device_tail: float32 NCHW out), else they arrive float32 NHWC."""
     from ffcv.loader import Loader
     from ffcv.transforms import ToDevice, ToTensor
 
-    import rand_augment
+    from vit_speedrun.pp import ffcv_ops
     to_device = [ToTensor(), ToDevice(device, non_blocking=True)]
-    image_tail = (rand_augment.device_tail(clock, device, mixup_alpha) if mix_on_device
+    image_tail = (ffcv_ops.device_tail(clock, device, mixup_alpha) if mix_on_device
                   else to_device)
     loader = Loader(path, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
                     order=ResumableOrder(rank, world_size), distributed=distributed, seed=seed,

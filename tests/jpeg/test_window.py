@@ -10,7 +10,7 @@ import pytest
 from numba import njit
 from PIL import Image
 
-import jpeg_window as jw
+from vit_speedrun.jpeg import window as jw
 from conftest import SHARED
 
 GOLDEN_DECODE = SHARED / "golden" / "tf_decode.npz"

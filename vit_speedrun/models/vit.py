@@ -34,7 +34,7 @@ def decode_variant(variant):
     """'S/16' -> dict(width, depth, mlp_dim, num_heads, patch_size); no '/<patch>' means 16."""
     name, _, patch = variant.partition("/")
     if name not in VARIANTS or (patch and not patch.isdigit()) or patch == "0":
-        raise ValueError(f"vit.py: unknown ViT variant {variant!r}: use '<name>/<patch>' with "
+        raise ValueError(f"ViT: unknown ViT variant {variant!r}: use '<name>/<patch>' with "
                          f"<name> one of {sorted(VARIANTS)} and <patch> a positive int, e.g. 'S/16'")
     width, depth, mlp_dim, num_heads = VARIANTS[name]
     return dict(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads,
@@ -49,7 +49,7 @@ def sincos_2d(h, w, width, temperature=10000.):
     float64 and rounded once to float32.
     """
     if width % 4:
-        raise ValueError(f"vit.py: sincos2d posemb needs a width divisible by 4, got {width}")
+        raise ValueError(f"ViT: sincos2d posemb needs a width divisible by 4, got {width}")
     n = width // 4
     omega = 1.0 / temperature ** (torch.arange(n, dtype=torch.float64) / max(n - 1, 1))
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64),
@@ -76,7 +76,7 @@ class Attention(nn.Module):
     def __init__(self, width, num_heads):
         super().__init__()
         if width % num_heads:
-            raise ValueError(f"vit.py: width {width} is not divisible by num_heads {num_heads}")
+            raise ValueError(f"ViT: width {width} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
@@ -151,11 +151,11 @@ class ViT(nn.Module):
         width, p = cfg["width"], cfg["patch_size"]
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if img_size[0] % p or img_size[1] % p:
-            raise ValueError(f"vit.py: img_size {img_size} is not a multiple of the patch size {p}")
+            raise ValueError(f"ViT: img_size {img_size} is not a multiple of the patch size {p}")
         if pool_type not in ("gap", "tok"):
-            raise ValueError(f"vit.py: pool_type must be 'gap' or 'tok', got {pool_type!r}")
+            raise ValueError(f"ViT: pool_type must be 'gap' or 'tok', got {pool_type!r}")
         if posemb not in ("sincos2d", "learn"):
-            raise ValueError(f"vit.py: posemb must be 'sincos2d' or 'learn', got {posemb!r}")
+            raise ValueError(f"ViT: posemb must be 'sincos2d' or 'learn', got {posemb!r}")
         self.variant, self.img_size = variant, img_size
         self.grid = (img_size[0] // p, img_size[1] // p)
         self.width, self.depth, self.mlp_dim, self.patch_size = width, cfg["depth"], cfg["mlp_dim"], p
@@ -213,7 +213,7 @@ class ViT(nn.Module):
 
     def forward(self, x):
         if x.shape[-2:] != self.img_size:
-            raise ValueError(f"vit.py: ViT built for {self.img_size} images got {tuple(x.shape[-2:])}")
+            raise ValueError(f"ViT: ViT built for {self.img_size} images got {tuple(x.shape[-2:])}")
         x = self.embed_patches(x)  # [B, h*w, width], tokens row-major
         x = x + self.pos_embedding
         if self.cls is not None:
@@ -260,7 +260,7 @@ def flops_per_image(model, img_size=None, training=True, **vit_kwargs):
         with torch.device("meta"):
             model = ViT(model, img_size=img_size or 224, **vit_kwargs)
     elif img_size is not None or vit_kwargs:
-        raise ValueError("vit.py: flops_per_image takes img_size/options only with a variant string")
+        raise ValueError("ViT: flops_per_image takes img_size/options only with a variant string")
     d, m, p = model.width, model.mlp_dim, model.patch_size
     n = model.grid[0] * model.grid[1]
     t = n + (model.pool_type == "tok")
@@ -270,7 +270,7 @@ def flops_per_image(model, img_size=None, training=True, **vit_kwargs):
     return 2 * macs * (3 if training else 1)
 
 
-if __name__ == "__main__":  # python vit.py S/16 [img_size]
+if __name__ == "__main__":  # python -m vit_speedrun.models.vit S/16 [img_size]
     import sys
     variant = sys.argv[1] if len(sys.argv) > 1 else "S/16"
     size = int(sys.argv[2]) if len(sys.argv) > 2 else 224

@@ -9,7 +9,7 @@ differs from TF's bilinear on most values of an upsampled crop, and a centre cro
 resize_small(256) + central_crop(224). Each kernel below repeats the TF C++ kernel's
 arithmetic operation by operation (float32 where it is float32, double where C++ promotes
 to double, the same summation order, round half to even where it calls lrintf), so that
-the outputs equal TF's bit for bit (tests/test_tf_image.py checks them against
+the outputs equal TF's bit for bit (tests/pp/test_tf_image.py checks them against
 ../shared/golden/tf_*.npz, made with TF 2.15.1).
 
 - Train crop (RECIPE.md, "Train preprocessing" 1): `crop_aspect` + `generate_random_crop`
@@ -21,9 +21,9 @@ the outputs equal TF's bit for bit (tests/test_tf_image.py checks them against
   ResizeArea) and `EvalDecoder`, the FFCV decoder that runs them over a batch.
 
 Every kernel pins fastmath=False and error_model="python": numba otherwise inherits them
-from the caller, and FFCV compiles its stages with fastmath=True (see augment_ops.py).
+from the caller, and FFCV compiles its stages with fastmath=True (see pp/randaug_ops.py).
 
-`python tf_image.py --bench` times resize_bilinear against FFCV's resize_crop.
+`python -m vit_speedrun.pp.tf_image --bench` times resize_bilinear against FFCV's resize_crop.
 """
 import argparse
 import time

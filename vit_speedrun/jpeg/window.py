@@ -1,4 +1,4 @@
-"""TF-exact JPEG decoding of a crop window, callable from numba (jpeg_window.c via ctypes).
+"""TF-exact JPEG decoding of a crop window, callable from numba (jpeg/window.c via ctypes).
 
 Why this exists. big_vision decodes train images with `tf.image.decode_and_crop_jpeg`:
 libjpeg-turbo (JDCT_IFAST, fancy upsampling) decodes ONLY the inception-crop window
@@ -6,7 +6,7 @@ libjpeg-turbo (JDCT_IFAST, fancy upsampling) decodes ONLY the inception-crop win
 subsampled chroma (4:2:0, 4:2:2: most of ImageNet) the window's first column (x on an MCU
 boundary) and last column (x + w < W) are upsampled as image edges, so decode-then-slice
 differs from it on about half of all crops (../shared/RECIPE.md, train step 0). This file
-makes the same library calls, so it is exact by construction (tests/test_jpeg_window.py
+makes the same library calls, so it is exact by construction (tests/jpeg/test_window.py
 checks it against ../shared/golden/tf_decode.npz). It is also the speed lever: the rows
 below the window are never decoded, and a crop is a third of an image on average.
 Two stored forms go further, with the same pixels: only the window's MCUs are
@@ -27,9 +27,9 @@ decode, decode_window, header, index, jpeg_bytes, restart, fast_path (ValueError
 failure).
 
 Build. The shared library build/libjpeg_window.so is compiled on first import when it is
-missing or older than jpeg_window.c (`make install` does the same); `--bundle` copies
+missing or older than vit_speedrun/jpeg/window.c (`make install` does the same); `--bundle` copies
 the libjpeg it links into build/ (rpath $ORIGIN) so that build/ alone runs on a machine
-without libjpeg. CLI: `python jpeg_window.py --build | --bundle | --bench [FOLDER]`.
+without libjpeg. CLI: `python -m vit_speedrun.jpeg.window --build | --bundle | --bench [FOLDER]`.
 """
 import argparse
 import ctypes
@@ -44,14 +44,14 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "jpeg_window.c"
-BUILD = HERE / "build"
+SOURCE = HERE / "window.c"
+BUILD = HERE.parents[1] / "build"   # the repo's build/ (make install; gpu_session.sh carries it)
 LIBRARY = BUILD / "libjpeg_window.so"
 ERR_DATA, ERR_WINDOW, ERR_ARGS = -1, -2, -3
 _FIX = ("Install a C compiler and the libjpeg(-turbo) headers: on Debian/Ubuntu "
         "`sudo apt-get install gcc libjpeg-dev` (or `make sysdeps`); in the conda env "
         "`conda install -c conda-forge c-compiler libjpeg-turbo`. Then run "
-        "`python jpeg_window.py --build`.")
+        "`python -m vit_speedrun.jpeg.window --build`.")
 
 
 def build_command(output):
@@ -93,7 +93,7 @@ def build():
 
 
 def ensure_built():
-    """LIBRARY, compiled first if it is missing or older than jpeg_window.c."""
+    """LIBRARY, compiled first if it is missing or older than vit_speedrun/jpeg/window.c."""
     if not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
         build()
     return LIBRARY
@@ -217,7 +217,7 @@ def fast_path(data):
 
 def index(data, span=INDEX_SPAN):
     """bytes: data unchanged, then a window index (the bit position and DC predictors of an
-    MCU every `span` pixels of each MCU row; jpeg_window.c) through which a window's decode
+    MCU every `span` pixels of each MCU row; jpeg/window.c) through which a window's decode
     skips the entropy decoding of the rows above it and of the columns outside it. None
     when data cannot be indexed (progressive, restart markers, an AC table that cannot pad
     the reader's lead MCU, ...): store it as it is. The bytes decode as data does
@@ -377,7 +377,7 @@ def main(argv=None):
             bench(args.bench, args.rounds)
         else:  # --bench without a folder
             _bind()
-            from benchmark import make_photo_folder  # the repo's one photo maker
+            from vit_speedrun.data.photos import make_photo_folder
             with tempfile.TemporaryDirectory() as folder:
                 make_photo_folder(folder, n=40)
                 bench(folder, args.rounds)
