@@ -42,7 +42,7 @@ $(STAMP): requirements.txt requirements-dev.txt | sysdeps
 	$(BIN)/python -c "import ffcv, fastargs, numba, torch, torchmetrics; print('installed: torch', torch.__version__, '| numba', numba.__version__)"
 	touch $(STAMP)
 
-$(JPEG_SO): vit_speedrun/jpeg/window.c | $(STAMP)
+$(JPEG_SO): $(wildcard vit_speedrun/jpeg/*.c vit_speedrun/jpeg/*.h) | $(STAMP)
 	$(BIN)/python -m vit_speedrun.jpeg.window --build
 
 # For a machine without libjpeg (a GPU box): copy the libjpeg that the .so links into

@@ -45,6 +45,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "window.c"
+SOURCES = (SOURCE, HERE / "scan.c", HERE / "plan.c")   # compiled into one library
+HEADERS = (HERE / "scan.h",)
 BUILD = HERE.parents[1] / "build"   # the repo's build/ (make install; gpu_session.sh carries it)
 LIBRARY = BUILD / "libjpeg_window.so"
 ERR_DATA, ERR_WINDOW, ERR_ARGS = -1, -2, -3
@@ -61,8 +63,8 @@ def build_command(output):
     if not cc:
         raise RuntimeError(f"jpeg_window: no C compiler (cc/gcc, or $CC) to build {LIBRARY}. "
                            + _FIX)
-    cmd = [*cc.split(), "-O2", "-fPIC", "-shared", "-Wall", "-o", str(output), str(SOURCE),
-           "-Wl,-rpath,$ORIGIN"]  # a bundled libjpeg beside the .so comes first
+    cmd = [*cc.split(), "-O2", "-fPIC", "-shared", "-Wall", "-o", str(output),
+           *map(str, SOURCES), "-Wl,-rpath,$ORIGIN"]  # a bundled libjpeg beside the .so comes first
     prefix = Path(sys.prefix)
     if (prefix / "include" / "jpeglib.h").exists():
         cmd += [f"-I{prefix / 'include'}", f"-L{prefix / 'lib'}",
@@ -72,9 +74,10 @@ def build_command(output):
 
 def build():
     """Compile LIBRARY now (atomically: a concurrent importer never loads a partial file)."""
-    if not SOURCE.exists():
-        raise RuntimeError(f"jpeg_window: {SOURCE} is missing (it is tracked in git: "
-                           f"`git checkout -- {SOURCE.name}`)")
+    for source in SOURCES + HEADERS:
+        if not source.exists():
+            raise RuntimeError(f"jpeg_window: {source} is missing (it is tracked in git: "
+                               f"`git checkout -- {source}`)")
     BUILD.mkdir(exist_ok=True)
     tmp = LIBRARY.with_name(f".{LIBRARY.name}.{os.getpid()}")
     cmd = build_command(tmp)
@@ -93,8 +96,9 @@ def build():
 
 
 def ensure_built():
-    """LIBRARY, compiled first if it is missing or older than vit_speedrun/jpeg/window.c."""
-    if not LIBRARY.exists() or LIBRARY.stat().st_mtime < SOURCE.stat().st_mtime:
+    """LIBRARY, compiled first if it is missing or older than one of its sources."""
+    newest = max(s.stat().st_mtime for s in SOURCES + HEADERS if s.exists())
+    if not LIBRARY.exists() or LIBRARY.stat().st_mtime < newest:
         build()
     return LIBRARY
 

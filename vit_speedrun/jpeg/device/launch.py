@@ -1,0 +1,163 @@
+"""Decode a batch of planned windows with kernels.py: on the CPU (numba `prange` over the
+threads) or on a CUDA GPU (the same bodies compiled as device functions), then the images
+the device flagged, or that were never planned for it, on the CPU (jpeg_window).
+
+    windows = decode(payloads, boxes, target="cpu")     # or "cuda"; list of HxWx3 uint8
+
+Stages, each one launch over the whole batch: Huffman tables (6 per image), groups of MCUs
+(the index points cut each MCU row into groups of 32 pixels), 8x8 blocks, output pixels.
+The host's share is the plan (record.py) and four prefix sums over the batch.
+"""
+import types
+
+import numpy as np
+from numba import njit, prange
+
+from vit_speedrun.jpeg import window as jpeg_window
+from vit_speedrun.jpeg.device import kernels as K
+from vit_speedrun.jpeg.device import record as R
+
+
+@njit(cache=True, nogil=True)
+def starts_of(rec32, flags):
+    """Prefix sums over the batch of what each planned image launches: groups, blocks,
+    plane bytes, output pixels (rows of an int64 [4, n + 1])."""
+    n = rec32.shape[0]
+    out = np.zeros((4, n + 1), np.int64)
+    for i in range(n):
+        g = b = p = x = 0
+        if rec32[i, R.STATUS] == 1 and flags[i] == 0:
+            rows, cols = rec32[i, R.ROWS], rec32[i, R.COLS]
+            g = rec32[i, R.NSEG]
+            b = rows * cols * rec32[i, R.NB]
+            for c in range(rec32[i, R.NC]):
+                p += (rows * rec32[i, R.COMP + 8 * c + R.C_VS] * 8) * (
+                    cols * rec32[i, R.COMP + 8 * c + R.C_HS] * 8)
+            x = rec32[i, R.H] * rec32[i, R.W]
+        out[0, i + 1] = out[0, i] + g
+        out[1, i + 1] = out[1, i] + b
+        out[2, i + 1] = out[2, i] + p
+        out[3, i + 1] = out[3, i] + x
+    return out
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _tables_cpu(n, rec32, tables):
+    for t in prange(n):
+        K.table_body(t, rec32, tables)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _segments_cpu(n, rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, flags):
+    for t in prange(n):
+        K.segment_body(t, rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, flags)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _idct_cpu(n, rec32, blk_starts, pln_starts, n_img, coef, work, planes):
+    for t in prange(n):
+        K.idct_body(t, rec32, blk_starts, pln_starts, n_img, coef, work, planes)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _pixels_cpu(n, rec32, pix_starts, pln_starts, n_img, planes, out):
+    for t in prange(n):
+        K.pixel_body(t, rec32, pix_starts, pln_starts, n_img, planes, out)
+
+
+_CUDA = None
+STAGES = {   # kernel name -> (body, its arguments after the thread index)
+    "tables": ("table_body", "rec32, tables"),
+    "segments": ("segment_body", "rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, "
+                                 "flags"),
+    "idct": ("idct_body", "rec32, blk_starts, pln_starts, n_img, coef, work, planes"),
+    "pixels": ("pixel_body", "rec32, pix_starts, pln_starts, n_img, planes, out"),
+}
+
+
+def cuda_kernels():
+    """kernels.py's bodies compiled for CUDA from their Python source, and one kernel per
+    stage that calls its body for thread cuda.grid(1) < n. Under NUMBA_ENABLE_CUDASIM=1 the
+    simulator runs the same source as Python (how the tests reach it without a GPU)."""
+    global _CUDA
+    if _CUDA is None:
+        from numba import cuda
+        scope = dict(vars(K))
+        scope["cuda"] = cuda
+        for name in K.BODIES:
+            fn = getattr(K, name).py_func
+            scope[name] = cuda.jit(device=True)(
+                types.FunctionType(fn.__code__, scope, name, fn.__defaults__))
+        kernels = {}
+        for stage, (body, args) in STAGES.items():
+            exec(f"def kernel(n, {args}):\n    t = cuda.grid(1)\n    if t < n:\n"
+                 f"        {body}(t, {args})\n", scope)
+            kernels[stage] = cuda.jit(scope.pop("kernel"))
+        _CUDA = kernels
+    return _CUDA
+
+
+def plan_batch(payloads, boxes):
+    """(records uint8 [n, cap], planned bool [n]): each window's plan (record.py), or not
+    planned (the CPU decodes it)."""
+    caps = []
+    for data, _ in zip(payloads, boxes):
+        height, width = jpeg_window.header(data) if len(data) else (0, 0)
+        caps.append(R.capacity(height, width, len(data)))
+    cap = (max(caps, default=4) + 3) // 4 * 4
+    recs = np.zeros((len(payloads), cap), np.uint8)
+    planned = np.zeros(len(payloads), bool)
+    for i, (data, (y, x, h, w)) in enumerate(zip(payloads, boxes)):
+        planned[i] = R.plan(data, y, x, h, w, recs[i]) > 0
+    return recs, planned
+
+
+def run(recs, target="cpu", threads=256):
+    """Decode the planned records on `target`: (pixels uint8 [total, 3], pixel starts int64
+    [n + 1], flags int32 [n]: 1 where the device disagreed with the index)."""
+    n = recs.shape[0]
+    rec32 = recs.view(np.int32)
+    flags = np.zeros(n, np.int32)
+    st = starts_of(rec32, flags)
+    seg_starts, blk_starts, pln_starts, pix_starts = st[0], st[1], st[2], st[3]
+    tables = np.zeros((n, 6, K.TABLE), np.int32)
+    coef = np.zeros((max(int(blk_starts[-1]), 1), 64), np.int16)
+    work = np.zeros((coef.shape[0], 128), np.int64)
+    planes = np.zeros(max(int(pln_starts[-1]), 1), np.uint8)
+    out = np.zeros((max(int(pix_starts[-1]), 1), 3), np.uint8)
+    sizes = (6 * n, int(seg_starts[-1]), int(blk_starts[-1]), int(pix_starts[-1]))
+    if target == "cpu":
+        _tables_cpu(sizes[0], rec32, tables)
+        _segments_cpu(sizes[1], rec32, recs, seg_starts, blk_starts, n, tables, coef, flags)
+        _idct_cpu(sizes[2], rec32, blk_starts, pln_starts, n, coef, work, planes)
+        _pixels_cpu(sizes[3], rec32, pix_starts, pln_starts, n, planes, out)
+        return out, pix_starts, flags
+    if target != "cuda":
+        raise ValueError(f"target {target!r}: 'cpu' or 'cuda'")
+    from numba import cuda
+    k = cuda_kernels()
+    d = {name: cuda.to_device(a) for name, a in dict(
+        rec32=rec32, rec8=recs, seg_starts=seg_starts, blk_starts=blk_starts,
+        pln_starts=pln_starts, pix_starts=pix_starts, tables=tables, coef=coef, work=work,
+        planes=planes, out=out, flags=flags).items()}
+    for stage, size in zip(STAGES, sizes):
+        if size:
+            args = [d[a] if a in d else n for a in STAGES[stage][1].split(", ")]
+            k[stage][(size + threads - 1) // threads, threads](size, *args)
+    return d["out"].copy_to_host(), pix_starts, d["flags"].copy_to_host()
+
+
+def decode(payloads, boxes, target="cpu"):
+    """Each window (y, x, h, w) of each payload (JPEG bytes with or without a window index)
+    as jpeg_window.decode_window gives it: HxWx3 uint8 arrays. The device decodes what it
+    can; the rest, and anything it flagged, is decoded on the CPU."""
+    recs, planned = plan_batch(payloads, boxes)
+    recs[~planned] = 0
+    out, pix_starts, flags = run(recs, target)
+    windows = []
+    for i, (data, (y, x, h, w)) in enumerate(zip(payloads, boxes)):
+        if planned[i] and not flags[i]:
+            windows.append(out[pix_starts[i]:pix_starts[i + 1]].reshape(h, w, 3))
+        else:
+            windows.append(jpeg_window.decode_window(data, y, x, h, w))
+    return windows

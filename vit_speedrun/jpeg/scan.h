@@ -1,0 +1,46 @@
+/* vit_speedrun/jpeg/scan.h: a baseline JPEG's single scan as window.c and plan.c read it
+ * (layout, Huffman tables, MCU block order), and the window index stored after a train
+ * JPEG's own bytes (its format: window.c, "Original bytes with a window index"). */
+#ifndef JW_SCAN_H
+#define JW_SCAN_H
+#include <stddef.h>
+#include <stdint.h>
+
+#define JW_NOINDEX -4 /* jpeg_window_index: this file cannot be indexed (kept as it is) */
+extern const uint8_t jw_magic[8];
+
+struct jw_layout { size_t sof, entropy; int height, width, mcu_w, mcu_h, mcus_x, mcus_y; };
+/* A DHT table as stored (bits[1..16]: codes per length; vals: the symbols). */
+struct jw_table { uint8_t bits[17], vals[256]; int defined; };
+/* A baseline file's single interleaved scan: its layout, restart interval, MCU block order
+ * (comp_of[b]: the scan component of block b; first[c]: the first block of component c)
+ * and each scan component's Huffman tables. */
+struct jw_scan {
+  struct jw_layout L;
+  size_t sos;
+  int dri, ns, nb, ss, se, ahal, comp_of[10], first[4], td[4], ta[4];
+  struct jw_table tables[2][4];
+};
+
+#define JW_LOOK 9 /* bits decoded by one table lookup, as libjpeg's HUFF_LOOKAHEAD (8) */
+struct jw_huff { int32_t maxcode[17], mincode[17], valptr[17]; uint16_t code[256],
+                 look[1 << JW_LOOK]; uint8_t size[256], vals[256]; };
+
+int jw_parse(const uint8_t *d, size_t n, struct jw_scan *S);
+void jw_rows(const struct jw_layout *L, int y, int h, int *r0, int *r1);
+int jw_huff_make(const struct jw_table *t, struct jw_huff *h, int look);
+int jw_huffs(const struct jw_scan *S, struct jw_huff *dc, struct jw_huff *ac, int look);
+int jw_fillers(const struct jw_huff *ac, uint8_t plan[8][8]);
+int jw_mcu(const struct jw_scan *S, const struct jw_huff *dc, const struct jw_huff *ac,
+           const uint8_t *u, size_t *bit, size_t limit, int *diff);
+int jw_category(int v);
+uint32_t jw_fnv(const uint8_t *p, size_t n);
+void jw_put_le32(uint8_t *p, uint32_t v);
+uint8_t *jw_put_var(uint8_t *o, uint64_t v);
+int jw_get_var(const uint8_t **p, const uint8_t *end, uint64_t *v);
+uint64_t jw_zig(int64_t v);
+int64_t jw_unzig(uint64_t v);
+size_t jw_index_of(const uint8_t *d, size_t n, const uint8_t **body, size_t *blen);
+uint32_t jw_le32(const uint8_t *p);
+
+#endif
