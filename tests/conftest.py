@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache"))
 
-SHARED = ROOT.parent / "shared"
-GOLDEN = SHARED / "golden" / "randaug_bigvision.npz"
+DATA = ROOT / "tests" / "data"   # the reference's outputs (README.md there says how made)
+GOLDEN = DATA / "randaug_bigvision.npz"
 
 # Colour photographs that scikit-image ships inside its wheel (no download).
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",

@@ -1,5 +1,5 @@
 """jpeg_window must give TensorFlow's pixels exactly: tf.io.decode_jpeg for whole images and
-tf.image.decode_and_crop_jpeg for windows (../shared/golden/tf_decode.npz, README there),
+tf.image.decode_and_crop_jpeg for windows (tests/data/tf_decode.npz, README there),
 through the numba path the FFCV decoder uses; and fail cleanly on bad input."""
 import io
 import json
@@ -11,15 +11,15 @@ from numba import njit
 from PIL import Image
 
 from vit_speedrun.jpeg import window as jw
-from conftest import SHARED
+from conftest import DATA
 
-GOLDEN_DECODE = SHARED / "golden" / "tf_decode.npz"
+GOLDEN_DECODE = DATA / "tf_decode.npz"
 
 
 @pytest.fixture(scope="module")
 def golden():
     if not GOLDEN_DECODE.exists():
-        pytest.fail(f"golden file {GOLDEN_DECODE} is missing: it ships in ../shared/golden")
+        pytest.fail(f"golden file {GOLDEN_DECODE} is missing: it ships in tests/data")
     z = np.load(GOLDEN_DECODE)
     n = len(json.loads(bytes(z["index_json"]).decode()))
     assert n == 13 and z["windows"].shape == (n, 3, 4)

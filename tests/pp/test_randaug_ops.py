@@ -1,4 +1,4 @@
-"""augment_ops against big_vision's own outputs (../shared/golden) and the recipe.
+"""vit_speedrun/pp/randaug_ops.py against big_vision's own outputs (tests/data) and the recipe.
 
 Every golden case is checked pixel by pixel. The acceptance bar is "point ops exact,
 the others >= 99.9% exact and all within 1 level"; the kernels reach 100% on every op,
@@ -22,7 +22,7 @@ OTHER_OPS = tuple(n for n in A.OP_NAMES if n not in POINT_OPS and n != "Cutout")
 def golden():
     """(cases, images, outputs) of the golden file, loaded once."""
     if not GOLDEN.exists():
-        pytest.fail(f"golden file {GOLDEN} is missing: it ships in ../shared/golden")
+        pytest.fail(f"golden file {GOLDEN} is missing: it ships in tests/data")
     z = np.load(GOLDEN)
     index = json.loads(bytes(z["index_json"]).decode())
     images = {n: z["img_" + n] for n in index["images"]}

@@ -1,4 +1,4 @@
-"""pp/tf_image.py against TensorFlow's own outputs (../shared/golden/tf_*.npz, TF 2.15.1):
+"""pp/tf_image.py against TensorFlow's own outputs (tests/data/tf_*.npz, TF 2.15.1):
 the crop sampler by distribution (its random numbers are ours, not TF's Philox), the
 train bilinear resize and the eval area resize + central crop value for value, and both
 FFCV decoders through real Loaders."""
@@ -11,9 +11,9 @@ from numba.core.registry import CPUDispatcher
 
 from vit_speedrun.pp import ffcv_ops as ra
 from vit_speedrun.pp import tf_image as T
-from conftest import SHARED
+from conftest import DATA
 
-GOLDEN = SHARED / "golden"
+GOLDEN = DATA
 AREA, ASPECT = (0.05, 1.0), (0.75, 1.33)
 N_DRAWS = 50_000
 

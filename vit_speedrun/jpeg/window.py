@@ -7,7 +7,7 @@ subsampled chroma (4:2:0, 4:2:2: most of ImageNet) the window's first column (x 
 boundary) and last column (x + w < W) are upsampled as image edges, so decode-then-slice
 differs from it on about half of all crops (../shared/RECIPE.md, train step 0). This file
 makes the same library calls, so it is exact by construction (tests/jpeg/test_window.py
-checks it against ../shared/golden/tf_decode.npz). It is also the speed lever: the rows
+checks it against tests/data/tf_decode.npz). It is also the speed lever: the rows
 below the window are never decoded, and a crop is a third of an image on average.
 Two stored forms go further, with the same pixels: only the window's MCUs are
 entropy-decoded, copied into a smaller JPEG whose cropped decode is the same. `index(data)`

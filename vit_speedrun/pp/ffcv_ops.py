@@ -32,7 +32,7 @@ host-to-device bytes, and about 50 us less CPU per 224 px image.
 
 Decode, crop and resize are the reference's to the bit: TF's crop sampler and bilinear
 resize (pp/tf_image.py) and TF's decode of the crop window alone (jpeg/window.py), each checked
-against TF's own outputs (../shared/golden). EvalDecoder (from tf_image) is the eval
+against TF's own outputs (tests/data). EvalDecoder (from tf_image) is the eval
 preprocessing.
 
 CLI: `python rand_augment.py --beton X --out grid.png` writes a grid of augmented

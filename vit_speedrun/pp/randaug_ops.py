@@ -4,7 +4,7 @@ Why this file exists: the paper's preprocessing runs TF ops in float32 and trunc
 RandAugment changes every training image, so small arithmetic differences would make this
 a different recipe. Each kernel below repeats the reference's arithmetic operation by
 operation (float32 where TF uses float32, the same summation order, the same rounding),
-and `tests/pp/test_randaug_ops.py` checks every case of ../shared/golden against it.
+and `tests/pp/test_randaug_ops.py` checks every case of tests/data/randaug_bigvision.npz against it.
 
 Layout: one small in-place kernel per op, a table `OPS` (name -> kernel), one numba
 dispatcher `apply_op_inplace` that the FFCV RandAugment operation calls per image, and
@@ -30,7 +30,7 @@ Reference quirks reproduced by default (RECIPE.md, "RandAugment as big_vision ru
   trunc(sum_k hist[k] * k / num_pixels) in float32.
 
 Run `python -m vit_speedrun.pp.randaug_ops --golden` for the per-op match table against the reference and
-`python vit_speedrun/pp/randaug_ops.py --bench` for microseconds per 224x224 image per op.
+`python -m vit_speedrun.pp.randaug_ops --bench` for microseconds per 224x224 image per op.
 """
 import argparse
 import json
@@ -589,7 +589,7 @@ def level_to_arg(op_index, magnitude, negate, fixed):
 
 def apply_op(image, name, *args, center=None, fixed=False, rng=None):
     """Return a new uint8 HxWx3 image: op `name` applied with its own arguments (after the
-    level mapping and sign, as in ../shared/golden/README.md: Rotate(-30.0),
+    level mapping and sign, as in tests/data/README.md: Rotate(-30.0),
     Posterize(4), Solarize(256), Color(1.9), Cutout(40), ...). Cutout's centre (cy, cx)
     comes from `center=` or a second positional argument, else it is drawn uniformly
     with numpy (`rng`, a np.random.Generator, else a fresh default_rng())."""
@@ -629,8 +629,7 @@ def apply_op(image, name, *args, center=None, fixed=False, rng=None):
 
 
 # ----------------------------------------------------------------------------- CLI
-GOLDEN_DEFAULT = Path(__file__).resolve().parent.parent / "shared" / "golden" / \
-    "randaug_bigvision.npz"
+GOLDEN_DEFAULT = Path(__file__).resolve().parents[2] / "tests" / "data" / "randaug_bigvision.npz"
 
 
 def load_golden(path):

@@ -10,7 +10,7 @@ resize_small(256) + central_crop(224). Each kernel below repeats the TF C++ kern
 arithmetic operation by operation (float32 where it is float32, double where C++ promotes
 to double, the same summation order, round half to even where it calls lrintf), so that
 the outputs equal TF's bit for bit (tests/pp/test_tf_image.py checks them against
-../shared/golden/tf_*.npz, made with TF 2.15.1).
+tests/data/tf_*.npz, made with TF 2.15.1).
 
 - Train crop (RECIPE.md, "Train preprocessing" 1): `crop_aspect` + `generate_random_crop`
   are one attempt of `sample_distorted_bounding_box` (TF's GenerateRandomCrop); the random
