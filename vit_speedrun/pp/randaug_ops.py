@@ -449,7 +449,14 @@ def rotate(img, scratch, degrees):
     """tfa.image.rotate: radians = float32(degrees) * float32(pi / 180) (the reference's
     degrees is a float32 tensor after the random sign), cos/sin in float32, offsets
     ((W-1) - (c (W-1) - s (H-1))) / 2 and ((H-1) - (s (W-1) + c (H-1))) / 2 in float32."""
-    h, w = img.shape[0], img.shape[1]
+    c, ms, ox, s, c, oy = rotate_transform(img.shape[0], img.shape[1], degrees)
+    _warp_nearest(img, scratch, c, ms, ox, s, c, oy)
+
+
+@_jit
+def rotate_transform(h, w, degrees):
+    """Rotate's float32 (t0, t1, t2, t3, t4, t5) for an h x w image (the device ops use it
+    too)."""
     rad = np.float32(degrees) * np.float32(math.pi / 180.0)
     c = np.float32(math.cos(np.float64(rad)))
     s = np.float32(math.sin(np.float64(rad)))
@@ -457,7 +464,7 @@ def rotate(img, scratch, degrees):
     h1 = np.float32(h) - np.float32(1.0)
     ox = (w1 - (c * w1 - s * h1)) / np.float32(2.0)
     oy = (h1 - (s * w1 + c * h1)) / np.float32(2.0)
-    _warp_nearest(img, scratch, c, -s, ox, s, c, oy)
+    return c, -s, ox, s, c, oy
 
 
 @_jit

@@ -1,8 +1,8 @@
 """The device decoder's arithmetic: one body per thread, the same source on both targets.
 
 Each `*_body(t, ...)` is what thread t of a launch does; launch.py runs them in a numba
-`prange` on the CPU and compiles the same Python functions (their `py_func`) as CUDA device
-functions for the GPU, so the tests check the arithmetic the GPU runs. The bodies use only
+`prange` on the CPU and compiles the same Python functions as CUDA device functions for
+the GPU (vit_speedrun/twin.py), so the tests check the arithmetic the GPU runs. The bodies use only
 what both targets (and plain Python, for the CUDA simulator) compute alike: integers held
 in int64 (`int(...)` on every array read), shifts of non-negative or arithmetically
 shifted values, explicit 16-bit wrap-around where the reference computes in 16 bits.
@@ -24,17 +24,9 @@ Anything the device cannot decode as libjpeg does sets the image's flag; launch.
 decodes that image on the CPU.
 """
 import numpy as np
-from numba import njit
 
 from vit_speedrun.jpeg.device import record as R
-
-BODIES = []   # every function here, in the order launch.py recompiles them for CUDA
-
-
-def body(fn):
-    """njit for the CPU (cached, no fastmath), and listed for the CUDA build."""
-    BODIES.append(fn.__name__)
-    return njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(fn)
+from vit_speedrun.twin import body
 
 
 # jpeg_natural_order plus libjpeg's 16 safety entries; the Huffman table's words.

@@ -8,17 +8,16 @@ Stages, each one launch over the whole batch: Huffman tables (6 per image), grou
 (the index points cut each MCU row into groups of 32 pixels), 8x8 blocks, output pixels.
 The host's share is the plan (record.py) and four prefix sums over the batch.
 """
-import types
-
 import numpy as np
 from numba import njit, prange
 
+from vit_speedrun import twin
 from vit_speedrun.jpeg import window as jpeg_window
 from vit_speedrun.jpeg.device import kernels as K
 from vit_speedrun.jpeg.device import record as R
 
 
-@njit(cache=True, nogil=True)
+@njit(nogil=True)
 def starts_of(rec32, flags):
     """Prefix sums over the batch of what each planned image launches: groups, blocks,
     plane bytes, output pixels (rows of an int64 [4, n + 1])."""
@@ -41,31 +40,30 @@ def starts_of(rec32, flags):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, nogil=True)
 def _tables_cpu(n, rec32, tables):
     for t in prange(n):
         K.table_body(t, rec32, tables)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, nogil=True)
 def _segments_cpu(n, rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, flags):
     for t in prange(n):
         K.segment_body(t, rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, flags)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, nogil=True)
 def _idct_cpu(n, rec32, blk_starts, pln_starts, n_img, coef, work, planes):
     for t in prange(n):
         K.idct_body(t, rec32, blk_starts, pln_starts, n_img, coef, work, planes)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@njit(parallel=True, nogil=True)
 def _pixels_cpu(n, rec32, pix_starts, pln_starts, n_img, planes, out):
     for t in prange(n):
         K.pixel_body(t, rec32, pix_starts, pln_starts, n_img, planes, out)
 
 
-_CUDA = None
 STAGES = {   # kernel name -> (body, its arguments after the thread index)
     "tables": ("table_body", "rec32, tables"),
     "segments": ("segment_body", "rec32, rec8, seg_starts, blk_starts, n_img, tables, coef, "
@@ -73,28 +71,6 @@ STAGES = {   # kernel name -> (body, its arguments after the thread index)
     "idct": ("idct_body", "rec32, blk_starts, pln_starts, n_img, coef, work, planes"),
     "pixels": ("pixel_body", "rec32, pix_starts, pln_starts, n_img, planes, out"),
 }
-
-
-def cuda_kernels():
-    """kernels.py's bodies compiled for CUDA from their Python source, and one kernel per
-    stage that calls its body for thread cuda.grid(1) < n. Under NUMBA_ENABLE_CUDASIM=1 the
-    simulator runs the same source as Python (how the tests reach it without a GPU)."""
-    global _CUDA
-    if _CUDA is None:
-        from numba import cuda
-        scope = dict(vars(K))
-        scope["cuda"] = cuda
-        for name in K.BODIES:
-            fn = getattr(K, name).py_func
-            scope[name] = cuda.jit(device=True)(
-                types.FunctionType(fn.__code__, scope, name, fn.__defaults__))
-        kernels = {}
-        for stage, (body, args) in STAGES.items():
-            exec(f"def kernel(n, {args}):\n    t = cuda.grid(1)\n    if t < n:\n"
-                 f"        {body}(t, {args})\n", scope)
-            kernels[stage] = cuda.jit(scope.pop("kernel"))
-        _CUDA = kernels
-    return _CUDA
 
 
 def plan_batch(payloads, boxes):
@@ -135,15 +111,14 @@ def run(recs, target="cpu", threads=256):
     if target != "cuda":
         raise ValueError(f"target {target!r}: 'cpu' or 'cuda'")
     from numba import cuda
-    k = cuda_kernels()
+    k = twin.cuda_stages(K, STAGES)
     d = {name: cuda.to_device(a) for name, a in dict(
         rec32=rec32, rec8=recs, seg_starts=seg_starts, blk_starts=blk_starts,
         pln_starts=pln_starts, pix_starts=pix_starts, tables=tables, coef=coef, work=work,
         planes=planes, out=out, flags=flags).items()}
     for stage, size in zip(STAGES, sizes):
-        if size:
-            args = [d[a] if a in d else n for a in STAGES[stage][1].split(", ")]
-            k[stage][(size + threads - 1) // threads, threads](size, *args)
+        args = [d[a] if a in d else n for a in STAGES[stage][1].split(", ")]
+        twin.launch_cuda(k, stage, size, args, threads)
     return d["out"].copy_to_host(), pix_starts, d["flags"].copy_to_host()
 
 
