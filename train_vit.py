@@ -193,29 +193,37 @@ class Trainer:
     @param("augment.randaug_fixed")
     @param("augment.mixup_alpha")
     @param("augment.mix_on_device")
+    @param("augment.where")
     @param("training.seed")
     @param("training.epochs")
     @param("training.batch_size")
     @param("training.max_steps")
     def create_train_loader(self, train_dataset, num_workers, in_memory, img_size,
                             crop_area_min, flip, randaug_layers, randaug_magnitude,
-                            randaug_fixed, mixup_alpha, mix_on_device, seed, epochs, batch_size,
-                            max_steps):
+                            randaug_fixed, mixup_alpha, mix_on_device, where, seed, epochs,
+                            batch_size, max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
         self.num_workers = num_workers or default_loader_threads()
         self.clock = ffcv_ops.AugmentClock(seed)
-        on_device = mix_on_device == "on" or (mix_on_device == "auto" and self.device.type == "cuda")
-        pipes = ffcv_ops.train_pipelines(
-            self.clock, res=img_size, flip=flip, fixed=randaug_fixed,
-            randaug=(randaug_layers, randaug_magnitude) if randaug_layers > 0 else None,
-            mixup_alpha=mixup_alpha, num_classes=self.num_classes,
-            crop_area=(crop_area_min, 1.0), mix_on_device=on_device)
+        on_device = where == "device" or mix_on_device == "on" or (
+            mix_on_device == "auto" and self.device.type == "cuda")
+        options = dict(res=img_size, flip=flip, fixed=randaug_fixed,
+                       randaug=(randaug_layers, randaug_magnitude) if randaug_layers else None,
+                       mixup_alpha=mixup_alpha, num_classes=self.num_classes,
+                       crop_area=(crop_area_min, 1.0))
+        if where == "device":   # the bytes go to the device, decoded and augmented there
+            from vit_speedrun.pp.device import ffcv_ops as device_ops
+            pipes = device_ops.device_train_pipelines(self.clock, self.device, train_dataset,
+                                                      **options)
+        else:
+            pipes = ffcv_ops.train_pipelines(self.clock, mix_on_device=on_device, **options)
         self.train_images_nhwc = not on_device
         self.train_loader = loaders.train_loader(
             train_dataset, pipes, self.clock, self.device, rank=self.rank,
             world_size=self.world_size, distributed=self.distributed,
             batch_size=self.batch_per_rank, num_workers=self.num_workers, in_memory=in_memory,
-            seed=seed, mix_on_device=on_device, mixup_alpha=mixup_alpha)
+            seed=seed, mix_on_device=on_device, mixup_alpha=mixup_alpha,
+            on_device_already=where == "device")
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise ConfigError(f"training.batch_size={batch_size} is larger than the "

@@ -728,3 +728,20 @@ def test_warns_when_a_set_is_not_stored_faithfully(data, tmp_path, capsys):
     assert train_vit.main(args(data, tmp_path / "run2", "--training.max_steps=1",
                                evals=False)) == 0
     assert "differ from the reference" not in capsys.readouterr().err
+
+
+def test_device_augmentation_trains_the_same_run(data, tmp_path):
+    """augment.where=device (the images' bytes decoded and augmented by the device kernels,
+    here their CPU twin) trains the same run as the CPU pipeline with mixing on the device:
+    the same losses, gradient norms and final weights, bit for bit."""
+    runs = {}
+    for where in ("cpu", "device"):
+        folder = tmp_path / where
+        assert train_vit.main(args(data, folder, "--augment.mix_on_device=on",
+                                   f"--augment.where={where}", "--training.max_steps=6",
+                                   evals=False)) == 0
+        runs[where] = folder
+    train = [[(r["train_loss"], r["grad_norm"]) for r in read_log(runs[w]) if "train_loss" in r]
+             for w in runs]
+    assert len(train[0]) == 6 and train[0] == train[1]
+    assert_same_state(load_checkpoint(runs["cpu"]), load_checkpoint(runs["device"]))

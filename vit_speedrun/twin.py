@@ -118,8 +118,9 @@ def cuda_stages(module, stages):
     return kernels
 
 
-def launch_cuda(kernels, stage, n, args, threads=256):
-    """Run `stage` over n threads (nothing when n is 0)."""
+def launch_cuda(kernels, stage, n, args, threads=256, stream=0):
+    """Run `stage` over n threads (nothing when n is 0), on `stream` (a numba stream; 0:
+    the default one)."""
     if n:
-        kernels[stage][(n + threads - 1) // threads, threads](n, *args)
+        kernels[stage][(n + threads - 1) // threads, threads, stream](n, *args)
 

@@ -45,6 +45,9 @@ Section("augment", "train preprocessing (rand_augment.py); eval has its own crop
     mixup_alpha=Param(Real(), "mixup a ~ Beta(alpha, alpha); 0 = mixup off", default=0.2),
     mix_on_device=Param(OneOf(["auto", "on", "off"]), "normalise + mix images on the device "
                         "(uint8 host->device copy, same numbers); auto = on GPU", default="auto"),
+    where=Param(OneOf(["cpu", "device"]), "decode + augment train images on the CPU (numba, "
+                "libjpeg) or on the device (its bytes go there; same pixels, README 'Device "
+                "decoding'); device implies mix_on_device", default="cpu"),
 )
 Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cosine").params(
     lr=Param(Real(), "peak learning rate (big_vision config.lr)", default=1e-3),

@@ -24,16 +24,19 @@ LOADERS = []
 
 
 def train_loader(path, pipelines, clock, device, *, rank, world_size, distributed, batch_size,
-                 num_workers, in_memory, seed, mix_on_device, mixup_alpha):
+                 num_workers, in_memory, seed, mix_on_device, mixup_alpha,
+                 on_device_already=False):
     """The run's one train Loader: ffcv_ops.train_pipelines(...) `pipelines`, then to the
     device; with mix_on_device the images go as uint8 and are normalised and mixed there
-    (ffcv_ops.device_tail: float32 NCHW out), else they arrive float32 NHWC."""
+    (ffcv_ops.device_tail: float32 NCHW out), else they arrive float32 NHWC.
+    on_device_already: the image pipeline ends on the device (augment.where=device)."""
     from ffcv.loader import Loader
     from ffcv.transforms import ToDevice, ToTensor
 
     from vit_speedrun.pp import ffcv_ops
     to_device = [ToTensor(), ToDevice(device, non_blocking=True)]
-    image_tail = (ffcv_ops.device_tail(clock, device, mixup_alpha) if mix_on_device
+    image_tail = ([] if on_device_already else
+                  ffcv_ops.device_tail(clock, device, mixup_alpha) if mix_on_device
                   else to_device)
     loader = Loader(path, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
                     order=ResumableOrder(rank, world_size), distributed=distributed, seed=seed,

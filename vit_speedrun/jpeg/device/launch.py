@@ -88,38 +88,54 @@ def plan_batch(payloads, boxes):
     return recs, planned
 
 
+def run_stages(rec32, rec8, seg_starts, blk_starts, pln_starts, pix_starts, n, totals,
+               tables, coef, work, planes, out, flags, stream=None, threads=256):
+    """The four stages over arrays that are already where they run: numpy arrays and the
+    CPU twin when stream is None, else CUDA arrays and the kernels on that numba stream.
+    totals: the batch's groups, blocks, plane bytes and pixels (host ints)."""
+    sizes = (6 * n, int(totals[0]), int(totals[1]), int(totals[3]))
+    if stream is None:
+        _tables_cpu(sizes[0], rec32, tables)
+        _segments_cpu(sizes[1], rec32, rec8, seg_starts, blk_starts, n, tables, coef, flags)
+        _idct_cpu(sizes[2], rec32, blk_starts, pln_starts, n, coef, work, planes)
+        _pixels_cpu(sizes[3], rec32, pix_starts, pln_starts, n, planes, out)
+        return
+    k = twin.cuda_stages(K, STAGES)
+    arrays = dict(rec32=rec32, rec8=rec8, seg_starts=seg_starts, blk_starts=blk_starts,
+                  pln_starts=pln_starts, pix_starts=pix_starts, tables=tables, coef=coef,
+                  work=work, planes=planes, out=out, flags=flags, n_img=n)
+    for stage, size in zip(STAGES, sizes):
+        args = [arrays[a] for a in STAGES[stage][1].split(", ")]
+        twin.launch_cuda(k, stage, size, args, threads, stream)
+
+
 def run(recs, target="cpu", threads=256):
-    """Decode the planned records on `target`: (pixels uint8 [total, 3], pixel starts int64
-    [n + 1], flags int32 [n]: 1 where the device disagreed with the index)."""
+    """Decode the planned records (uint8 [n, cap], numpy) on `target`: (pixels uint8
+    [total, 3], pixel starts int64 [n + 1], flags int32 [n]: 1 where the device disagreed
+    with the index)."""
     n = recs.shape[0]
     rec32 = recs.view(np.int32)
     flags = np.zeros(n, np.int32)
     st = starts_of(rec32, flags)
-    seg_starts, blk_starts, pln_starts, pix_starts = st[0], st[1], st[2], st[3]
-    tables = np.zeros((n, 6, K.TABLE), np.int32)
-    coef = np.zeros((max(int(blk_starts[-1]), 1), 64), np.int16)
-    work = np.zeros((coef.shape[0], 128), np.int64)
-    planes = np.zeros(max(int(pln_starts[-1]), 1), np.uint8)
-    out = np.zeros((max(int(pix_starts[-1]), 1), 3), np.uint8)
-    sizes = (6 * n, int(seg_starts[-1]), int(blk_starts[-1]), int(pix_starts[-1]))
+    totals = st[:, -1]
+    arrays = [np.zeros((n, 6, K.TABLE), np.int32),
+              np.zeros((max(int(totals[1]), 1), 64), np.int16),
+              np.zeros((max(int(totals[1]), 1), 128), np.int64),
+              np.zeros(max(int(totals[2]), 1), np.uint8),
+              np.zeros((max(int(totals[3]), 1), 3), np.uint8), flags]
     if target == "cpu":
-        _tables_cpu(sizes[0], rec32, tables)
-        _segments_cpu(sizes[1], rec32, recs, seg_starts, blk_starts, n, tables, coef, flags)
-        _idct_cpu(sizes[2], rec32, blk_starts, pln_starts, n, coef, work, planes)
-        _pixels_cpu(sizes[3], rec32, pix_starts, pln_starts, n, planes, out)
-        return out, pix_starts, flags
+        run_stages(rec32, recs, st[0], st[1], st[2], st[3], n, totals, *arrays)
+        return arrays[4], st[3], flags
     if target != "cuda":
         raise ValueError(f"target {target!r}: 'cpu' or 'cuda'")
     from numba import cuda
-    k = twin.cuda_stages(K, STAGES)
-    d = {name: cuda.to_device(a) for name, a in dict(
-        rec32=rec32, rec8=recs, seg_starts=seg_starts, blk_starts=blk_starts,
-        pln_starts=pln_starts, pix_starts=pix_starts, tables=tables, coef=coef, work=work,
-        planes=planes, out=out, flags=flags).items()}
-    for stage, size in zip(STAGES, sizes):
-        args = [d[a] if a in d else n for a in STAGES[stage][1].split(", ")]
-        twin.launch_cuda(k, stage, size, args, threads)
-    return d["out"].copy_to_host(), pix_starts, d["flags"].copy_to_host()
+    stream = cuda.stream()
+    d = [cuda.to_device(a, stream=stream) for a in (rec32, recs, *st, *arrays)]
+    run_stages(d[0], d[1], d[2], d[3], d[4], d[5], n, totals, *d[6:], stream=stream,
+               threads=threads)
+    out, flags = d[10].copy_to_host(stream=stream), d[11].copy_to_host(stream=stream)
+    stream.synchronize()
+    return out, st[3], flags
 
 
 def decode(payloads, boxes, target="cpu"):

@@ -43,6 +43,13 @@ def _bind():
                            f"record.py's {want}; rebuild it (make install)")
 
 
+def plan_function():
+    """The C function, for numba code: f(data_ptr, n_bytes, y, x, h, w, out_ptr, cap)."""
+    if _plan_c is None:
+        _bind()
+    return _plan_c
+
+
 def capacity(height, width, size):
     """Bytes that hold any window's record of a height x width JPEG of `size` bytes (with
     its index): the fixed part, a group per 8x8 block at most, the bytes."""

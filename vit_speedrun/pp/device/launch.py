@@ -55,19 +55,26 @@ def set_layer(ip, fp, layer, op, arg, cy, cx, res, fixed):
 
 
 @njit(nogil=True, fastmath=False, error_model="python")
+def draw_into(ip, fp, seed, epoch, index, res, flip_p, num_layers, magnitude, fixed):
+    """Sample `index`'s flip and RandAugment draws, as ffcv_ops' RandomFlip (p = flip_p,
+    0 = off) and RandAugment draw them, into its parameter rows."""
+    ip[K.IP_FLIP] = flip_p > 0 and flip_draw(seed, epoch, index, flip_p)
+    key = draw_key(seed, epoch, index, _RANDAUG)
+    for layer in range(num_layers):
+        op, arg, cy, cx = _layer_draw(key, layer, magnitude, fixed, res, res)
+        set_layer(ip, fp, layer, op, arg, cy, cx, res, fixed)
+
+
+@njit(nogil=True, fastmath=False, error_model="python")
 def params(seed, epoch, indices, res, flip_p, num_layers, magnitude, fixed):
-    """(ip int64 [n, IP_WORDS], fp float32 [n, FP_WORDS]) for samples `indices`: the flip
-    and RandAugment draws of ffcv_ops (RandomFlip with p = flip_p, 0 = off; RandAugment's
-    layers), the image's source left for the caller (IP_MODE, IP_SRC, IP_H, IP_W)."""
+    """(ip int64 [n, IP_WORDS], fp float32 [n, FP_WORDS]) for samples `indices`, the
+    image's source left for the caller (IP_MODE, IP_SRC, IP_H, IP_W)."""
     n = len(indices)
     ip = np.zeros((n, IP_WORDS), np.int64)
     fp = np.zeros((n, FP_WORDS), np.float32)
     for i in range(n):
-        ip[i, K.IP_FLIP] = flip_p > 0 and flip_draw(seed, epoch, indices[i], flip_p)
-        key = draw_key(seed, epoch, indices[i], _RANDAUG)
-        for layer in range(num_layers):
-            op, arg, cy, cx = _layer_draw(key, layer, magnitude, fixed, res, res)
-            set_layer(ip[i], fp[i], layer, op, arg, cy, cx, res, fixed)
+        draw_into(ip[i], fp[i], seed, epoch, indices[i], res, flip_p, num_layers, magnitude,
+                  fixed)
     return ip, fp
 
 
@@ -103,40 +110,48 @@ STAGES = {
 }
 
 
-def augment(ip, fp, decoded, resized, res, num_layers, target="cpu", threads=256):
-    """uint8 [n, res, res, 3]: each image resized (or placed), flipped and augmented.
-    Arrays are numpy for target "cpu"; for "cuda", numpy or CUDA device arrays (the result
-    is then a device array)."""
+def run_stages(ip, fp, decoded, resized, res, num_layers, a, b, lut, deg, stream=None,
+               threads=256):
+    """Resize (or place), then each layer from a to b and back: the result is in a when
+    num_layers is even, else in b. Arrays are where they run: numpy and the CPU twin when
+    stream is None, else CUDA arrays and the kernels on that numba stream."""
     n = ip.shape[0]
     if num_layers > MAX_LAYERS:
         raise ValueError(f"device RandAugment: at most {MAX_LAYERS} layers, got {num_layers}")
     pixels = n * res * res
-    if target == "cpu":
-        a = np.zeros((n, res, res, 3), np.uint8)
-        b = np.zeros_like(a)
-        lut = np.zeros((n, 3, 256), np.int32)
-        deg = np.zeros(n, np.int32)
+    if stream is None:
         _resize_cpu(pixels, ip, decoded, res, a)
         _place_cpu(pixels, ip, resized, res, a)
         for layer in range(num_layers):
             _stats_cpu(3 * n, ip, layer, a, res, lut, deg)
             _op_cpu(pixels, ip, fp, layer, a, res, lut, deg, b)
             a, b = b, a
-        return a
+        return
+    k = twin.cuda_stages(K, STAGES)
+    twin.launch_cuda(k, "resize", pixels, (ip, decoded, res, a), threads, stream)
+    twin.launch_cuda(k, "place", pixels, (ip, resized, res, a), threads, stream)
+    for layer in range(num_layers):
+        twin.launch_cuda(k, "stats", 3 * n, (ip, layer, a, res, lut, deg), threads, stream)
+        twin.launch_cuda(k, "op", pixels, (ip, fp, layer, a, res, lut, deg, b), threads,
+                         stream)
+        a, b = b, a
+
+
+def augment(ip, fp, decoded, resized, res, num_layers, target="cpu", threads=256):
+    """uint8 [n, res, res, 3] (numpy): each image resized (or placed), flipped and
+    augmented, on `target` ("cpu": the CPU twin; "cuda": the kernels)."""
+    n = ip.shape[0]
+    bufs = [np.zeros((n, res, res, 3), np.uint8), np.zeros((n, res, res, 3), np.uint8),
+            np.zeros((n, 3, 256), np.int32), np.zeros(n, np.int32)]
+    if target == "cpu":
+        run_stages(ip, fp, decoded, resized, res, num_layers, *bufs)
+        return bufs[num_layers % 2]
     if target != "cuda":
         raise ValueError(f"target {target!r}: 'cpu' or 'cuda'")
     from numba import cuda
-    k = twin.cuda_stages(K, STAGES)
-    ip, fp, decoded, resized = (cuda.to_device(x) if isinstance(x, np.ndarray) else x
-                                for x in (ip, fp, decoded, resized))
-    a = cuda.device_array((n, res, res, 3), np.uint8)
-    b = cuda.device_array((n, res, res, 3), np.uint8)
-    lut = cuda.device_array((n, 3, 256), np.int32)
-    deg = cuda.device_array(n, np.int32)
-    twin.launch_cuda(k, "resize", pixels, (ip, decoded, res, a), threads)
-    twin.launch_cuda(k, "place", pixels, (ip, resized, res, a), threads)
-    for layer in range(num_layers):
-        twin.launch_cuda(k, "stats", 3 * n, (ip, layer, a, res, lut, deg), threads)
-        twin.launch_cuda(k, "op", pixels, (ip, fp, layer, a, res, lut, deg, b), threads)
-        a, b = b, a
-    return a
+    stream = cuda.stream()
+    d = [cuda.to_device(x, stream=stream) for x in (ip, fp, decoded, resized, *bufs)]
+    run_stages(*d[:4], res, num_layers, *d[4:], stream=stream, threads=threads)
+    out = d[4 + num_layers % 2].copy_to_host(stream=stream)
+    stream.synchronize()
+    return out
