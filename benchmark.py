@@ -195,14 +195,20 @@ def cmd_step(args):
           f"of the measured peak")
 
 
-def bench_pipelines(clock, kind, res=224, num_classes=1000):
+def bench_pipelines(clock, kind, res=224, num_classes=1000, beton=None):
     """Pipelines timed by bench_loader, stage by stage: 'decode' = the decode of each
     sampled crop window alone (what the decoder reads and decompresses); 'baseline' = + TF's
     bilinear resize and the flip (uint8 out); 'device' = + RandAugment(2, 10): the CPU part
     of train_pipelines(mix_on_device=True), whose normalise + mixup the GPU then does;
     'full' = train_pipelines with normalise + mixup on the CPU (float32 out, two-hot
-    labels); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip."""
+    labels); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip; 'planner' = the host's
+    whole share of augment.where=device (crop, plan, draws; the CPU branch's decode and
+    resize for the samples the device cannot decode)."""
     from vit_speedrun.pp import ffcv_ops  # imports ffcv (seconds): only in the commands that load data
+    if kind == 'planner':
+        from vit_speedrun.pp.device import ffcv_ops as device_ops
+        planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(beton, res), res)
+        return {'image': [planner], 'label': [ffcv_ops.IntDecoder()]}
     if kind == 'decode':
         return {'image': [_DecodeOnly(clock, res)], 'label': [ffcv_ops.IntDecoder()]}
     if kind in ('full', 'device'):
@@ -261,7 +267,7 @@ def bench_loader(beton, *, batch_size=64, num_workers=2, res=224, full=True, bat
     indices = np.tile(np.arange(n), -(-need // n))[:need]
     loader = Loader(str(beton), batch_size=batch_size, num_workers=num_workers,
                     order=OrderOption.RANDOM, seed=seed, indices=indices, drop_last=True,
-                    pipelines=bench_pipelines(clock, kind, res))
+                    pipelines=bench_pipelines(clock, kind, res, beton=beton))
     clock.set_epoch(0)
     it = iter(loader)
     for _ in range(warmup):
@@ -291,8 +297,58 @@ def loader_rates(beton, args, kinds=tuple(LOADER_KINDS)):
         res=args.res, kind=kind, batches=args.batches, cpu=True) for kind in kinds}
 
 
+def device_routes(beton, res=224, samples=512, seed=0):
+    """(samples the device decodes, samples the host decodes) of `samples` planned ones."""
+    import numpy as np
+    from ffcv.loader import Loader, OrderOption
+
+    from vit_speedrun.pp import ffcv_ops
+    from vit_speedrun.pp.device import ffcv_ops as device_ops
+    clock = ffcv_ops.AugmentClock(seed)
+    planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(beton, res), res)
+    loader = Loader(str(beton), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL,
+                    indices=np.arange(samples) % int(loader_size(beton)),
+                    pipelines={'image': [planner], 'label': None})
+    clock.set_epoch(0)
+    device = host = 0
+    for rows, in loader:
+        modes = np.asarray(rows)[:, :device_ops.IP_BYTES].view(np.int64)[:, 0]
+        device += int((modes == device_ops.K.MODE_DECODED).sum())
+        host += int((modes == device_ops.K.MODE_RESIZED).sum())
+    return device, host
+
+
+def loader_size(beton):
+    from ffcv.reader import Reader
+    return Reader(str(beton)).num_samples
+
+
+def cmd_where(args, threads):
+    """The host's CPU per image of the two train paths, side by side in one run: 'cpu'
+    (decode, resize, flip and RandAugment on the host; mixing on the GPU, the default) and
+    'device' (crop, plan and draws; decoding and augmenting on the device)."""
+    for beton in [args.beton, *args.compare]:
+        storage = _storage(beton)
+        device, host = device_routes(beton, args.res)
+        print(f"RESULT loader {storage:>22} device path: the device decodes {device} of "
+              f"{device + host} samples, the host {host} (no index, pixels, over budget)")
+        rates = {}
+        for where, kind in (("cpu", "device"), ("device", "planner")):
+            wall, per_cpu = bench_loader(beton, batch_size=args.batch_size,
+                                         num_workers=threads, res=args.res, kind=kind,
+                                         batches=args.batches, cpu=True)
+            rates[where] = per_cpu
+            print(f"RESULT loader {storage:>22} {where + ' path (host part)':>25}: "
+                  f"{wall:,.0f} img/s, {per_cpu:,.0f} img per CPU-second")
+        a, b = 1e3 / rates["cpu"], 1e3 / rates["device"]
+        print(f"host CPU per image: cpu path {a:.3f} ms, device path {b:.3f} ms "
+              f"({a / b:.1f} x fewer)")
+
+
 def cmd_loader(args):
     threads = args.workers or os.cpu_count()
+    if args.where:
+        return cmd_where(args, threads)
     betons = [args.beton, *args.compare]
     print(f"loader: {', '.join(betons)}; batch {args.batch_size}, {threads} worker threads, "
           f"res {args.res}, {args.batches} batches after the warm-up; each stage adds to the "
@@ -451,6 +507,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=0, help="ffcv threads (default: all cores)")
     p.add_argument("--res", type=int, default=224, help="output crop side in pixels")
     p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
+    p.add_argument("--where", nargs="+", choices=("cpu", "device"), default=None,
+                   help="instead of the stages: the host's CPU per image of the train path "
+                        "on the CPU and of augment.where=device, side by side (last line)")
     p.set_defaults(fn=cmd_loader)
     p = sub.add_parser("full", help="real training steps: train_vit.py with evals off")
     p.add_argument("--config-file", required=True, help="a train_vit.py config")

@@ -168,6 +168,24 @@ def test_storage_then_loader_on_real_photos(photo_folder, tmp_path, capsys):
     assert "RandAugment+mixup cost" in lines[-1]
 
 
+def test_loader_where_prints_both_paths_host_cost(photo_folder, tmp_path, capsys):
+    """`loader --where cpu device`: how many samples each side decodes, both paths' host
+    cost per image side by side, and the last line with the ratio (README's figure)."""
+    import write_ffcv
+    beton = tmp_path / "train.beton"
+    write_ffcv.convert(photo_folder, beton, "train", progress=False)
+    benchmark.main(["loader", "--beton", str(beton), "--where", "cpu", "device",
+                    "--batch-size", "8", "--batches", "2", "--res", "64", "--workers", "2"])
+    out = capsys.readouterr().out
+    routes = [x for x in results(out) if "the device decodes" in x]
+    assert len(routes) == 1 and number(r"decodes (\d+) of", routes[0]) > 400
+    last = out.strip().splitlines()[-1]
+    cpu, device = (number(r"cpu path ([\d.]+) ms", last),
+                   number(r"device path ([\d.]+) ms", last))
+    assert last.startswith("host CPU per image: ") and 0 < device < cpu
+    assert abs(number(r"\(([\d.]+) x fewer\)", last) - cpu / device) < 0.2
+
+
 def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):
     import write_ffcv
     beton = tmp_path / "train.beton"
