@@ -11,7 +11,7 @@ JPEG_SO := build/libjpeg_window.so
 # Numba's on-disk cache: compiled kernels survive between runs of the suite and the demo.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install sysdeps test demo clean jpeg-bundle
+.PHONY: install sysdeps test demo clean jpeg-bundle gpu-wheels
 
 install: $(STAMP) $(JPEG_SO)
 
@@ -49,6 +49,18 @@ $(JPEG_SO): $(wildcard vit_speedrun/jpeg/*.c vit_speedrun/jpeg/*.h) | $(STAMP)
 # build/ beside it (found through its rpath $ORIGIN); carrying build/ is then enough.
 jpeg-bundle: $(JPEG_SO)
 	$(BIN)/python -m vit_speedrun.jpeg.window --bundle
+
+# numba's CUDA target for the GPU box (Python 3.12, torch cu130, no internet), for
+# augment.where=device: numba-cuda, its CUDA bindings and NVVM, as wheels to carry there
+# (.ci/gpu_session.sh cuda). The CPU route and CI need none of them.
+GPU_WHEELS_NVVM := nvidia-nvvm==13.0.88
+GPU_WHEELS_REST := numba-cuda==0.30.4 cuda-bindings==13.0.3 cuda-core==0.5.1 cuda-pathfinder==1.4.0
+gpu-wheels:
+	for part in nvvm rest; do \
+	  pkgs="$(GPU_WHEELS_NVVM)"; [ $$part = rest ] && pkgs="$(GPU_WHEELS_REST)"; \
+	  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_12_x86_64 \
+	    -d .whl-cuda/$$part $$pkgs || exit 1; done
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -11,11 +11,16 @@ its figures last; README's speed table is made of their output and nothing else.
   python benchmark.py photos --out /tmp/photos          # ImageNet-sized JPEGs of real photographs
   python benchmark.py storage --images /tmp/photos      # each write_ffcv storage setting: size,
                                                         # loader img/s per core (what to choose)
+  python benchmark.py loader --beton train.beton --where cpu device   # host CPU per image of
+                                                      # both train paths (augment.where)
+  python benchmark.py device --beton train.beton   # augment.where=device on the GPU: ms per
+                                # batch (decode; augment) and the batch equal to the CPU twin's
 
 Every command runs on CPU too (with a tiny --variant); none changes the recipe: `step` and
 `full` time train_vit's own optimization step, `loader` train_vit's own pipelines.
 """
 import argparse
+import statistics
 import os
 import sys
 import time
@@ -452,6 +457,48 @@ def cmd_storage(args):
             f"{LOADER_KINDS[k]} {rates[k][1]:,.0f}" for k in LOADER_KINDS))
 
 
+def cmd_device(args):
+    """augment.where=device's device share on one planned batch: milliseconds per batch for
+    the JPEG stages and for the augmentation stages (CUDA events; median of --repeats), and
+    whether the device's images equal the CPU twin's, value for value (exit 1 if not)."""
+    import numpy as np
+    from ffcv.loader import Loader, OrderOption
+
+    from vit_speedrun.pp import ffcv_ops
+    from vit_speedrun.pp.device import ffcv_ops as device_ops
+    device = _device(args.device)
+    clock = ffcv_ops.AugmentClock(0)
+    planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(args.beton, args.res),
+                                       args.res)
+    n = int(loader_size(args.beton))
+    loader = Loader(str(args.beton), batch_size=args.batch_size, num_workers=1,
+                    order=OrderOption.SEQUENTIAL, drop_last=False,
+                    indices=np.arange(args.batch_size) % n,
+                    pipelines={'image': [planner], 'label': None})
+    clock.set_epoch(0)
+    rows = torch.as_tensor(np.asarray(next(iter(loader))[0]).copy())
+    totals = [int(v) for v in planner.totals]
+    want = device_ops.decode_and_augment(rows, totals, args.res, planner.layers).numpy()
+    on = rows.to(device)
+    got = device_ops.decode_and_augment(on, totals, args.res, planner.layers)
+    same = bool(np.array_equal(got.cpu().numpy(), want))
+    times = []
+    for _ in range(args.repeats):
+        sync(device)
+        start = time.perf_counter()
+        device_ops.decode_and_augment(on, totals, args.res, planner.layers)
+        sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    modes = rows[:, :device_ops.IP_BYTES].numpy().view(np.int64)[:, 0]
+    decoded = int((modes == device_ops.K.MODE_DECODED).sum())
+    print(f"RESULT device {device}: batch {args.batch_size} at {args.res} px ({decoded} decoded "
+          f"on the device, {args.batch_size - decoded} on the host), {rows.shape[1]:,} bytes "
+          f"per sample row; decode + augment {statistics.median(times):.2f} ms per batch "
+          f"(median of {args.repeats})")
+    print(f"device images equal the CPU twin's: {same}")
+    return 0 if same else 1
+
+
 def cmd_project(args):
     gpu_rate, data_rate, rows = project(args.step_img_s, args.loader_img_s_per_core,
                                         args.gpus, args.cores)
@@ -535,6 +582,14 @@ def main(argv=None):
     p.add_argument("--res", type=int, default=224, help="output crop side in pixels")
     p.add_argument("--batches", type=int, default=20, help="timed batches per pipeline")
     p.set_defaults(fn=cmd_storage)
+    p = sub.add_parser("device", help="augment.where=device on the GPU: ms per batch, and "
+                                      "its images equal to the CPU twin's")
+    p.add_argument("--beton", required=True, help="a train .beton written by write_ffcv.py")
+    p.add_argument("--batch-size", type=int, default=128, help="images per batch")
+    p.add_argument("--res", type=int, default=224, help="output crop side in pixels")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda if present)")
+    p.set_defaults(fn=cmd_device)
     p = sub.add_parser("project", help="the projection method of README's table")
     p.add_argument("--step-img-s", type=float, default=None,
                    help="measured per-GPU step img/s (`step`); omitted: data bound only")
@@ -547,7 +602,7 @@ def main(argv=None):
     sub.choices["full"].epilog = ("Any other argument is a train_vit.py setting "
                                   "(--section.name=value; python train_vit.py --help).")
     args, overrides = parser.parse_known_args(argv)
-    if args.fn in (cmd_loader, cmd_storage, cmd_full):  # these build ffcv Loaders
+    if args.fn in (cmd_loader, cmd_storage, cmd_full, cmd_device):  # these build ffcv Loaders
         from vit_speedrun.pp import ffcv_ops
         hook = sys.unraisablehook
         sys.unraisablehook = lambda u: None if ffcv_ops.is_ffcv_finalizer_noise(u) else hook(u)
@@ -557,8 +612,8 @@ def main(argv=None):
         return cmd_full(args, overrides)  # the rest are train_vit.py --section.param=value
     if overrides:
         parser.error(f"unrecognized arguments: {' '.join(overrides)}")
-    args.fn(args)
+    return args.fn(args) or 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

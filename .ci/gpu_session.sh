@@ -8,6 +8,13 @@
 #   bash .ci/gpu_session.sh setup push      # step variants (patch conv, compile modes)
 #   bash .ci/gpu_session.sh setup data loader variants  # trainer: compile mode x loader threads
 #   bash .ci/gpu_session.sh setup gap        # the trainer's step vs the step benchmark's (.ci/trainer_gap.py)
+#   bash .ci/gpu_session.sh setup cuda data device  # augment.where=device (issue 18): numba's
+#                                          # CUDA target, the batch equal to the CPU twin's,
+#                                          # ms per batch, train_vit at 2/4/15 threads per path
+# `cuda` needs numba's CUDA target on the box: if it has none, `make gpu-wheels` here puts the
+# wheels in .whl-cuda/{nvvm,rest}/ (93 MB: over one call's 64 MiB carry), and two calls carry
+# them in turn (`carry: [".whl-cuda/nvvm"]`, then `[".whl-cuda/rest", ...]`) while the machine
+# is warm; each runs `bash .ci/gpu_session.sh cuda` first, which installs what it finds.
 # Knobs: TRAIN_BETON=train_bare (the JPEGs without their window index: slower crops) or train_restart, train_raw with RAW=1 (raw pixels: a loader that keeps up), STEPS=200,
 # PHOTOS=2560, LOADER_WORKERS="16 8", VARIANTS="default:16 reduce-overhead:16 ...", UNBROKEN=unbroken (one
 # unbroken run instead of two in `train`: about a minute less).
@@ -32,7 +39,41 @@ setup() {
   $PY .whl/smoke_test.py > "$LOGS/smoke.log" 2>&1; tail -n 2 "$LOGS/smoke.log"
   # our own compiled helper, carried in build/ with the libjpeg it links (make jpeg-bundle)
   ldd build/libjpeg_window.so | grep -E "jpeg|not found"
-  $PY -c "import jpeg_window as j, numpy as np; print('jpeg_window OK', j.LIBRARY)" || exit 1
+  $PY -c "from vit_speedrun.jpeg import window as j; print('jpeg_window OK', j.LIBRARY)" || exit 1
+}
+
+cuda() {
+  say "numba's CUDA target"
+  for d in .whl-cuda/nvvm .whl-cuda/rest; do
+    [ -d "$d" ] && $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
+        "$d"/*.whl
+  done
+  export PYTHONPATH=/tmp/site
+  export NUMBA_CUDA_NVVM=$(ls /tmp/site/nvidia/cu13/lib/libnvvm.so* /tmp/site/nvidia/*/nvvm/lib64/libnvvm.so* 2>/dev/null | head -1)
+  $PY -c "
+from numba import cuda
+import numpy as np
+@cuda.jit
+def k(a):
+    a[cuda.grid(1)] += 1
+a = cuda.to_device(np.zeros(32, np.int32)); k[1, 32](a)
+print('numba cuda OK', cuda.get_current_device().name, a.copy_to_host().sum())" || exit 1
+}
+
+device() {
+  say "augment.where=device (issue 18)"
+  local beton=$WORK/${TRAIN_BETON:-train}.beton
+  $PY benchmark.py device --beton "$beton" --batch-size 128 2>&1 | tee "$LOGS/device.log" | tail -n 2
+  grep -q "equal the CPU twin's: True" "$LOGS/device.log" || { echo "device != CPU twin"; exit 1; }
+  $PY benchmark.py loader --beton "$beton" --where cpu device --workers 15 2>&1 \
+      | tee -a "$LOGS/device.log" | tail -n 4
+  for where in cpu device; do
+    for threads in 2 4 15; do
+      $PY benchmark.py full --config-file configs/vit_s16_90ep.yaml --steps ${STEPS:-200} \
+          --data.train_dataset="$beton" --data.num_workers=$threads --augment.where=$where \
+          2>&1 | tee "$LOGS/device_full_${where}_${threads}.log" | grep RESULT
+    done
+  done
 }
 
 step() {
@@ -45,7 +86,7 @@ step() {
   grep -A13 "top kernels" "$LOGS/step.log" | head -14
   say "GPU-only tests"
   $PY -m pytest -q -s -p no:cacheprovider tests/test_gpu.py \
-      "tests/test_rand_augment.py::test_mixing_on_the_device_gives_the_same_numbers" \
+      "tests/pp/test_ffcv_ops.py::test_mixing_on_the_device_gives_the_same_numbers" \
       2>&1 | tee "$LOGS/pytest_gpu.log" | tail -n 6
 }
 

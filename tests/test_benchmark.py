@@ -186,6 +186,19 @@ def test_loader_where_prints_both_paths_host_cost(photo_folder, tmp_path, capsys
     assert abs(number(r"\(([\d.]+) x fewer\)", last) - cpu / device) < 0.2
 
 
+def test_device_command_checks_the_batch_against_the_cpu_twin(photo_folder, tmp_path, capsys):
+    """`device` (on the CPU here, on a GPU in gpu_session.sh): a planned batch through the
+    device kernels, timed, and compared with the CPU twin's images (exit 1 on a mismatch)."""
+    import write_ffcv
+    beton = tmp_path / "train.beton"
+    write_ffcv.convert(photo_folder, beton, "train", progress=False)
+    assert benchmark.main(["device", "--beton", str(beton), "--batch-size", "4", "--res", "32",
+                           "--repeats", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "device images equal the CPU twin's: True" in out
+    assert number(r"decode \+ augment ([\d.]+) ms per batch", results(out)[-1]) > 0
+
+
 def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):
     import write_ffcv
     beton = tmp_path / "train.beton"
