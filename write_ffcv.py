@@ -85,6 +85,10 @@ def declare_options():
                     ' the held-out rest, val = every image, v2 = ImageNet-v2 layout',
                     required=True),
         real_labels=Param(str, 'val only: ReaL real.json, stored as field "real"', default=''),
+        val_labels=Param(str, 'val only: a CSV of ImageId -> wnid (Kaggle\'s '
+                         'LOC_val_solution.csv) for a flat folder of ILSVRC2012_val_*.JPEG; '
+                         'each image\'s class is the first wnid of its PredictionString',
+                         default=''),
         classes_from=Param(str, 'a .beton (or its .json) whose class list to use; for v2 this'
                            ' gives wnids instead of "0".."999"', default=''),
         max_resolution=Param(And(int, InRange(16, 65535)), 'raw/jpg/proportion only: longest '
@@ -276,6 +280,46 @@ def scan(data_dir, split, classes=None):
         paths += images
         labels += [label_of[folder]] * len(images)
     return paths, np.array(labels, np.int64), list(classes), ignored
+
+
+def scan_flat(data_dir, labels_csv, classes=None):
+    """scan() for Kaggle's layout of val: the images in one folder, their classes in a CSV
+    (ImageId,PredictionString with the wnid first: LOC_val_solution.csv). Same order as
+    scan(): by label, then file name."""
+    import csv
+    root, table = Path(data_dir), Path(labels_csv)
+    if not root.is_dir():
+        raise ConversionError(f'{root}: no such directory. Set --cfg.data_dir to the folder '
+                              f'of ILSVRC2012_val_*.JPEG files.')
+    try:
+        with open(table, newline='') as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise ConversionError(f'{table}: cannot read the val labels ({e.strerror}). Pass '
+                              f'Kaggle\'s LOC_val_solution.csv as --cfg.val_labels.') from None
+    if not rows or rows[0][:2] != ['ImageId', 'PredictionString']:
+        raise ConversionError(f'{table}: not a label CSV: its header must be '
+                              f'"ImageId,PredictionString" (Kaggle\'s LOC_val_solution.csv).')
+    wnid_of = {r[0]: r[1].split()[0] for r in rows[1:] if len(r) >= 2 and r[1].split()}
+    with os.scandir(root) as entries:
+        files = sorted(e.name for e in entries if e.is_file())
+    images = [f for f in files if not f.startswith('.')
+              and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+    missing = [f for f in images if os.path.splitext(f)[0] not in wnid_of]
+    if missing or not images:
+        raise ConversionError(f'{root}: {len(missing)} of {len(images)} images have no row in '
+                              f'{table} (first: {missing[:3]}); data_dir and the CSV must '
+                              f'be the same val set.' if images else
+                              f'{root}: no images. data_dir must hold the val images.')
+    classes = classes or sorted(set(wnid_of[os.path.splitext(f)[0]] for f in images))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(wnid_of[os.path.splitext(f)[0]] for f in images) - set(index))
+    if unknown:
+        raise ConversionError(f'{table}: class {unknown[0]} is not in the classes_from list; '
+                              f'pass the train .beton converted from the same ImageNet.')
+    labelled = sorted((index[wnid_of[os.path.splitext(f)[0]]], f) for f in images)
+    return ([root / f for _, f in labelled], np.array([k for k, _ in labelled], np.int64),
+            list(classes), len(files) - len(images))
 
 
 def minival_mask(paths, labels, fraction, seed):
@@ -523,7 +567,8 @@ def write_beton(path, images, fields, num_workers, chunk_size, progress):
     return np.flatnonzero(np.frombuffer(images.bad, np.int8))
 
 
-def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max_resolution=None,
+def convert(data_dir, write_path, split, *, real_labels='', classes_from='', val_labels='',
+            max_resolution=None,
             write_mode=None, jpeg_quality=None, compress_probability=None, num_workers=0,
             chunk_size=None, window_index=None, minival_fraction=0.01, seed=0, skip_bad=False,
             overwrite=False, progress=True):
@@ -533,6 +578,9 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
         raise ConversionError(f'split={split!r}: choose one of {", ".join(SPLITS)}.')
     if real_labels and split != 'val':
         raise ConversionError(f'real_labels={real_labels}: ReaL labels exist for split=val only.')
+    if val_labels and split != 'val':
+        raise ConversionError(f'val_labels={val_labels}: a flat folder with a label CSV is '
+                              f'the val split\'s layout (Kaggle); use split=val.')
     given = dict(max_resolution=max_resolution, write_mode=write_mode, jpeg_quality=jpeg_quality,
                  compress_probability=compress_probability, chunk_size=chunk_size,
                  window_index=window_index)
@@ -555,7 +603,8 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
         raise ConversionError(f'{out} exists. Pass --cfg.overwrite=1 (overwrite=True) to '
                               f'replace it, or choose another write_path.')
     classes = read_sidecar(classes_from)['classes'] if classes_from else None
-    paths, labels, classes, ignored = scan(data_dir, split, classes)
+    paths, labels, classes, ignored = (scan_flat(data_dir, val_labels, classes) if val_labels
+                                       else scan(data_dir, split, classes))
     reals = real_sets(real_labels, paths, len(classes)) if real_labels else None
     if split in ('train', 'minival'):
         keep = minival_mask(paths, labels, minival_fraction, seed) == (split == 'minival')
@@ -617,9 +666,14 @@ def convert(data_dir, write_path, split, *, real_labels='', classes_from='', max
             leftover.unlink(missing_ok=True)
         _WRITING.clear()
     secs = time.time() - start
+    notes = [f'converted {len(meta["converted"])} non-JPEG or CMYK file(s) to RGB '
+             f'(listed in {out}.json)'] if meta['converted'] else []
+    if meta.get('unindexed'):
+        notes.append(f'stored {meta["unindexed"]} JPEG(s) without a window index '
+                     f'(progressive or restart markers: their crops decode the plain way)')
     print(f'{split}: wrote {len(paths)} images to {out} ({out.stat().st_size / 1e6:.1f} MB) in '
           f'{secs:.1f} s ({len(paths) / secs:.0f} img/s); skipped {len(skipped)} undecodable, '
-          f'ignored {ignored} non-image files')
+          f'ignored {ignored} non-image files' + ''.join(f'; {n}' for n in notes))
     return meta
 
 

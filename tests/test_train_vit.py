@@ -202,7 +202,7 @@ def test_resumable_order_skips_whole_batches(data):
 @pytest.mark.parametrize("case", ["missing_file", "unknown_variant", "patch", "classes",
                                   "v2_numeric", "no_real", "bad_value", "required",
                                   "unknown_yaml_key", "missing_config", "batch_too_big",
-                                  "world_size", "crop_area"])
+                                  "world_size", "crop_area", "empty_train", "missing_val"])
 def test_config_errors(case, data, tmp_path, capsys, monkeypatch):
     folder = tmp_path / "run"
     argv = args(data, folder)
@@ -217,6 +217,10 @@ def test_config_errors(case, data, tmp_path, capsys, monkeypatch):
         "batch_too_big": ("--training.batch_size=128", "larger than the 86 images"),
         "world_size": ("--training.batch_size=16", "does not split evenly over 3 ranks"),
         "crop_area": ("--augment.crop_area_min=0", "augment.crop_area_min: got '0', expected a float and between"),
+        # the hint of a missing set: skipping it, except for the train set, which a run needs
+        "empty_train": ("--data.train_dataset=", "data.train_dataset is empty: a run needs"),
+        "missing_val": (f"--data.val_dataset={tmp_path / 'nope.beton'}",
+                        "or set data.val_dataset='' to skip it"),
     }
     if case == "required":
         argv = [a for a in argv if not a.startswith("--logging.folder")]
@@ -237,6 +241,8 @@ def test_config_errors(case, data, tmp_path, capsys, monkeypatch):
     assert train_vit.main(argv) == train_vit.EXIT_CONFIG
     err = capsys.readouterr().err
     assert "configuration error" in err and message in err, err
+    if case == "missing_file":
+        assert "skip it" not in err   # the train set cannot be skipped
     assert not folder.exists()  # nothing written
 
 

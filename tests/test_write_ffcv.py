@@ -601,3 +601,48 @@ def test_window_index_settings_and_unindexed_files(photos, tmp_path):
     with pytest.raises(ConversionError, match='write_mode=original only'):
         convert(tree, tmp_path / 'x.beton', 'val', window_index=32, write_mode='raw')
     assert not (tmp_path / 'x.beton').exists()
+
+
+def test_console_line_counts_converted_and_unindexed_files(photos, tmp_path, capsys):
+    """The console says what only the sidecar listed before: files converted to pixels (a
+    PNG named .JPEG) and JPEGs stored without their window index (a progressive one)."""
+    folder = tmp_path / 'train' / WNIDS[0]
+    folder.mkdir(parents=True)
+    for j in range(3):
+        Image.fromarray(crop(photos, j)).save(folder / f'{j}.JPEG', quality=90)
+    Image.fromarray(crop(photos, 5)).save(folder / 'png.JPEG', format='PNG')
+    Image.fromarray(crop(photos, 6)).save(folder / 'prog.JPEG', quality=90, progressive=True)
+    convert(tmp_path / 'train', tmp_path / 'out.beton', 'val', window_index=32, progress=False)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith('val: wrote 5 images'), line
+    assert 'converted 1 non-JPEG or CMYK file(s) to RGB' in line, line
+    assert 'stored 1 JPEG(s) without a window index' in line, line
+
+
+def test_kaggle_flat_val_converts_with_its_label_csv(data, tmp_path):
+    """Kaggle's layout: val/ holds the images themselves and LOC_val_solution.csv their
+    wnids; --cfg.val_labels converts it to the same beton as the class-folder layout (same
+    labels, same order, same bytes), ReaL labels included."""
+    root, _, _ = data
+    flat = tmp_path / 'val'
+    flat.mkdir()
+    rows = ['ImageId,PredictionString']
+    for path in sorted((root / 'val').glob('*/*.JPEG')):
+        (flat / path.name).write_bytes(path.read_bytes())
+        rows.append(f'{path.stem},{path.parent.name} 12 34 56 78 {path.parent.name} 1 2 3 4')
+    (tmp_path / 'LOC_val_solution.csv').write_text('\n'.join(rows) + '\n')
+    out = tmp_path / 'kaggle.beton'
+    meta = convert(flat, out, 'val', val_labels=tmp_path / 'LOC_val_solution.csv',
+                   real_labels=root / 'real.json', progress=False)
+    folders = tmp_path / 'folders.beton'
+    want = convert(root / 'val', folders, 'val', real_labels=root / 'real.json', progress=False)
+    assert meta['classes'] == want['classes'] and meta['num_images'] == want['num_images'] == 12
+    got_labels, _, got_payloads = stored(out)
+    want_labels, _, want_payloads = stored(folders)
+    assert got_labels.tolist() == want_labels.tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(got_payloads, want_payloads))
+    assert np.array_equal(load_all(out, real=True)[2], load_all(folders, real=True)[2])
+    with pytest.raises(ConversionError, match='header must be'):
+        (tmp_path / 'bad.csv').write_text('id,label\n')
+        convert(flat, tmp_path / 'x.beton', 'val', val_labels=tmp_path / 'bad.csv',
+                progress=False)

@@ -194,14 +194,17 @@ def check_dataset_files(world_size, train_dataset, minival_dataset, val_dataset,
     list; warns (if warn) of sets not stored as the reference's pixels. Returns
     {split: (path, sidecar)}."""
     sidecars = {}
+    if not train_dataset:
+        raise ConfigError("data.train_dataset is empty: a run needs its train set. Convert it "
+                          "with write_ffcv.py --cfg.split=train and pass its .beton")
     for name, path in (("train", train_dataset), ("minival", minival_dataset),
                        ("val", val_dataset), ("v2", v2_dataset)):
         if not path:
             continue
         if not Path(path).is_file():
+            skip = "" if name == "train" else f", or set data.{name}_dataset='' to skip it"
             raise ConfigError(f"data.{name}_dataset: {path} does not exist. Convert the "
-                              f"split with write_ffcv.py, or set data.{name}_dataset='' "
-                              f"to skip it")
+                              f"split with write_ffcv.py{skip}")
         try:
             sidecars[name] = (path, read_sidecar(path))
             samples = check_beton(path)

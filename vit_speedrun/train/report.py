@@ -266,6 +266,9 @@ def summary(*, folder, step, total_steps, global_batch, n_train, session_steps, 
         "projected_full_run_s": total_images / img_s, "tpu_ref_full_run_s": total_images / tpu_img_s}
 
 
+STEADY_STEPS = 200   # fewer steps in a session: its speed figures carry a caveat
+
+
 def summary_text(s):
     """The printout of a summary() dict."""
     gpu = "GPU" if s["device"] != "cpu" else "device"
@@ -295,6 +298,11 @@ def summary_text(s):
         lines.append(f"projection to all {s['total_steps']:,} steps: "
                      f"{duration(s['projected_full_run_s'])} at this speed vs "
                      f"{duration(s['tpu_ref_full_run_s'])} for the reference")
+    if s["session_steps"] < STEADY_STEPS:
+        lines.append(f"(not a steady-state measure: this session ran {s['session_steps']:,} "
+                     f"steps{' after a resume' if s['session_steps'] < s['steps'] else ''}; "
+                     f"speed, MFU, the time ratio and the projection need {STEADY_STEPS:,} or "
+                     f"more steps past compilation)")
     if (s["variant"], s["img_size"]) != ("S/16", 224):
         lines.append(f"(not like for like: ViT-{s['variant']} at {s['img_size']} px here, "
                      f"ViT-S/16 at 224 px in the reference)")
