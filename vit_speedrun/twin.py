@@ -32,8 +32,9 @@ def body(fn):
 
 
 @intrinsic
-def _fma_f32(typingctx, a, b, c):
-    """llvm.fma.f32: a * b + c rounded once."""
+def fma_f32(typingctx, a, b, c):
+    """llvm.fma.f32: a * b + c rounded once (vectorised by LLVM; randaug_ops' Sharpness
+    uses it too)."""
     if not (a == nbtypes.float32 and b == nbtypes.float32 and c == nbtypes.float32):
         return None
 
@@ -72,7 +73,7 @@ def div32(a, b):
 
 @njit(nogil=True, fastmath=False)
 def fma32(a, b, c):
-    return _fma_f32(np.float32(a), np.float32(b), np.float32(c))
+    return fma_f32(np.float32(a), np.float32(b), np.float32(c))
 
 
 FLOAT_OPS = ("mul32", "add32", "sub32", "div32", "fma32")

@@ -41,9 +41,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
+
+from vit_speedrun.twin import fma_f32 as _fma32   # float32 a * b + c, rounded once
 
 OP_NAMES = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize",
             "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
@@ -68,21 +68,6 @@ _jit = njit(cache=True, nogil=True, fastmath=False, error_model="python")
 # ----------------------------------------------------------------------------- helpers
 # Kernels view the image as one flat uint8 array (img.reshape(-1), so img and scratch
 # must be C-contiguous) and loop over it in simple branch-free loops that LLVM vectorises.
-
-@intrinsic
-def _fma32(typingctx, a, b, c):
-    """float32 fused multiply-add (llvm.fma.f32): a * b + c with one rounding, as the
-    reference's depthwise convolution computes it. Vectorised by LLVM."""
-    if not (a == types.float32 and b == types.float32 and c == types.float32):
-        return None
-
-    def codegen(context, builder, signature, args):
-        f32 = ir.FloatType()
-        fn = builder.module.declare_intrinsic("llvm.fma", [f32],
-                                              ir.FunctionType(f32, [f32, f32, f32]))
-        return builder.call(fn, args)
-    return types.float32(types.float32, types.float32, types.float32), codegen
-
 
 @_jit
 def _to_u8(t):
