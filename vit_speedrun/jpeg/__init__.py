@@ -1,1 +1,2 @@
-"""TF-exact JPEG decoding of a crop window: window.c/window.py on the CPU (libjpeg), plan.c and device/ for the device."""
+"""TF-exact JPEG decoding of a crop window: window.c/window.py on the CPU (libjpeg),
+plan.c and device/ for the device."""

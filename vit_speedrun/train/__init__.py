@@ -1,1 +1,2 @@
-"""The trainer's settings (config.py) and helpers: loaders, evaluation, checkpoints, ranks, what a run writes."""
+"""The trainer's settings (config.py) and helpers: loaders, evaluation, checkpoints, ranks,
+what a run writes."""
