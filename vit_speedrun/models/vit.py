@@ -270,6 +270,107 @@ def flops_per_image(model, img_size=None, training=True, **vit_kwargs):
     return 2 * macs * (3 if training else 1)
 
 
+def big_vision_params(path_or_arrays):
+    """{name: numpy array} of a big_vision checkpoint (an .npz path such as the published
+    vit_s16_i1k_90ep.npz, or a dict of arrays), names as big_vision flattens them
+    ('Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel'), with or
+    without the 'params/' prefix; a scanned model's stacked 'Transformer/encoderblock/...'
+    is split into encoderblock_0, _1, ..."""
+    import numpy as np
+    if isinstance(path_or_arrays, dict):
+        arrays = dict(path_or_arrays)
+    else:
+        with np.load(path_or_arrays, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    out = {}
+    for name, value in arrays.items():
+        name = name[len("params/"):] if name.startswith("params/") else name
+        if name == "Transformer/pos_embedding":   # where checkpoints before 2022 kept it
+            name = "pos_embedding"
+        if name.startswith("Transformer/encoderblock/"):
+            rest = name[len("Transformer/encoderblock/"):]
+            for i, v in enumerate(np.asarray(value)):
+                out[f"Transformer/encoderblock_{i}/{rest}"] = v
+        else:
+            out[name] = np.asarray(value)
+    return out
+
+
+def from_big_vision(path_or_arrays, variant="S/16", **model_kwargs):
+    """A ViT holding a big_vision checkpoint's weights (big_vision_params names them). The
+    layout follows the arrays (a 'cls' token: pool_type 'tok'; a 'pos_embedding': learned;
+    'pre_logits' or not; the head's classes) unless model_kwargs say otherwise; img_size
+    defaults to what a learned pos_embedding implies, else 224. Kernels are flax's
+    [in, out] (conv: [kh, kw, in, out]; attention: [in, heads, head_dim] and
+    [heads, head_dim, out]), transposed into PyTorch's [out, in]."""
+    p = big_vision_params(path_or_arrays)
+    cfg = decode_variant(variant)
+    width, patch = cfg["width"], cfg["patch_size"]
+    if "embedding/kernel" not in p:
+        raise ValueError("from_big_vision: no 'embedding/kernel' among the arrays: not a "
+                         "big_vision ViT checkpoint (names: " + ", ".join(sorted(p)[:5]) + ")")
+    if p["embedding/kernel"].shape != (patch, patch, 3, width):
+        raise ValueError(f"from_big_vision: embedding/kernel is {p['embedding/kernel'].shape}, "
+                         f"variant {variant} needs {(patch, patch, 3, width)}")
+    kw = dict(pool_type="tok" if "cls" in p else "gap",
+              posemb="learn" if "pos_embedding" in p else "sincos2d",
+              rep_size=p["pre_logits/kernel"].shape[1] if "pre_logits/kernel" in p else False,
+              num_classes=p["head/kernel"].shape[1] if "head/kernel" in p else 0)
+    if "pos_embedding" in p:
+        side = math.isqrt(p["pos_embedding"].shape[1])
+        kw["img_size"] = side * patch
+    kw.update(model_kwargs)
+    model = ViT(variant, **kw)
+    try:
+        sd = _state_dict_of(p, model, width)
+    except KeyError as e:
+        raise ValueError(f"from_big_vision: the checkpoint has no array {e} that a ViT "
+                         f"{variant} with {kw} needs") from None
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"from_big_vision: the checkpoint does not fill the model "
+                         f"(missing {missing}, unexpected {unexpected})")
+    return model
+
+
+def _state_dict_of(p, model, width):
+    """Our state dict from big_vision's arrays (from_big_vision says how they map)."""
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32)   # noqa: E731
+    sd = {"embedding.weight": t(p["embedding/kernel"].transpose(3, 2, 0, 1)),
+          "embedding.bias": t(p["embedding/bias"]),
+          "norm.weight": t(p["Transformer/encoder_norm/scale"]),
+          "norm.bias": t(p["Transformer/encoder_norm/bias"])}
+    if "pos_embedding" in p:
+        sd["pos_embedding"] = t(p["pos_embedding"])
+    if "cls" in p:
+        sd["cls"] = t(p["cls"])
+    for i in range(model.depth):
+        b, o = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        att = b + "MultiHeadDotProductAttention_0/"
+        for ln, name in (("LayerNorm_0", "ln1"), ("LayerNorm_1", "ln2")):
+            sd[o + name + ".weight"] = t(p[b + ln + "/scale"])
+            sd[o + name + ".bias"] = t(p[b + ln + "/bias"])
+        sd[o + "attn.qkv.weight"] = t(np_cat([p[att + k + "/kernel"].reshape(width, width).T
+                                              for k in ("query", "key", "value")]))
+        sd[o + "attn.qkv.bias"] = t(np_cat([p[att + k + "/bias"].reshape(width)
+                                            for k in ("query", "key", "value")]))
+        sd[o + "attn.out.weight"] = t(p[att + "out/kernel"].reshape(width, width).T)
+        sd[o + "attn.out.bias"] = t(p[att + "out/bias"])
+        for k, name in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
+            sd[o + f"mlp.{name}.weight"] = t(p[b + f"MlpBlock_0/{k}/kernel"].T)
+            sd[o + f"mlp.{name}.bias"] = t(p[b + f"MlpBlock_0/{k}/bias"])
+    for name in ("pre_logits", "head"):
+        if getattr(model, name) is not None:
+            sd[name + ".weight"] = t(p[name + "/kernel"].T)
+            sd[name + ".bias"] = t(p[name + "/bias"])
+    return sd
+
+
+def np_cat(arrays):
+    import numpy as np
+    return np.concatenate(arrays, axis=0)
+
+
 if __name__ == "__main__":  # python -m vit_speedrun.models.vit S/16 [img_size]
     import sys
     variant = sys.argv[1] if len(sys.argv) > 1 else "S/16"
