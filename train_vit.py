@@ -516,7 +516,7 @@ class Trainer:
                 self.raw_model, self.optimizer, step=self.step,
                 steps_per_epoch=self.steps_per_epoch, world_size=self.world_size,
                 train_time=self.speed.train_time, config=self.config_dict(),
-                device=self.device,
+                device=self.device, classes=self.classes,
                 log_window={"steps": steps, "sums": sums} if steps else None),
                 self.folder)
         self.ranks.barrier()

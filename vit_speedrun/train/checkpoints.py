@@ -11,6 +11,7 @@ torch.load(weights_only=True) reads it):
     steps_per_epoch, world_size   the data layout it was written with (a change is warned of)
     train_time                 seconds spent in training steps, summed over resumed sessions
     config                     every setting (the dict of config.json)
+    classes                    the train set's class list (wnids), in label order
     rng                        torch, numpy and python generator states (and cuda's on a GPU)
     log_window                 only when SIGTERM stopped the run between log steps: the open
                                log window's steps and each rank's sums (loss, grad norm,
@@ -53,14 +54,14 @@ class CheckpointError(Exception):
 
 
 def capture(model, optimizer, *, step, steps_per_epoch, world_size, train_time, config, device,
-            log_window=None):
+            log_window=None, classes=None):
     """The state of a run as a checkpoint dict (the fields listed in the module docstring)."""
     epoch, batch = divmod(step, steps_per_epoch)
     np_state, py_state = np.random.get_state(), random.getstate()
     state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
              "step": step, "epoch": epoch, "batch_in_epoch": batch,
              "steps_per_epoch": steps_per_epoch, "world_size": world_size,
-             "train_time": train_time, "config": config,
+             "train_time": train_time, "config": config, "classes": list(classes or []),
              "rng": {"torch": torch.get_rng_state(),
                      "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
                      "numpy_rest": list(np_state[2:]),
@@ -240,3 +241,34 @@ def resume(folder, model, optimizer, config, world_size, device):
         warnings.append(f"the checkpoint was written with {ckpt['world_size']} ranks, this run "
                         f"has {world_size}: the data order differs from an unbroken run")
     return ckpt, warnings
+
+
+def load_model(path, device="cpu", variant="S/16"):
+    """(model in eval mode, classes, config) of a trained model, for evaluation and
+    prediction: a run folder or its checkpoint.pt (the model's settings from its config, the
+    class list it carries; [] from a checkpoint older than that), or a big_vision .npz
+    (vit.from_big_vision; `variant` names it, its classes are ImageNet's in wnid order)."""
+    from vit_speedrun.models import vit
+    path = Path(path)
+    if path.is_dir():
+        path = path / CURRENT
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint (a train_vit.py logging.folder, its "
+                              f"checkpoint.pt, or a big_vision .npz)")
+    if path.suffix == ".npz":
+        model = vit.from_big_vision(path, variant)
+        return model.to(device).eval(), [], {"model.variant": variant, "model.img_size":
+                                             model.img_size[0], "eval.crop_ratio": 224 / 256}
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state, config = ckpt["model"], ckpt["config"]
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
+                              f"{str(e)[:120]})") from None
+    rep = config.get("model.rep_size", True)
+    model = vit.ViT(config["model.variant"], num_classes=state["head.weight"].shape[0],
+                    pool_type=config.get("model.pool_type", "gap"),
+                    posemb=config.get("model.posemb", "sincos2d"),
+                    rep_size=rep, img_size=config["model.img_size"])
+    model.load_state_dict(state)
+    return model.to(device).eval(), list(ckpt.get("classes", [])), config
