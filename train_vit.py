@@ -1,7 +1,7 @@
 """Train a plain ViT on ImageNet-1k the way big_vision's `configs/vit_s16_i1k.py` does.
 
 "Better plain ViT baselines for ImageNet-1k" (ViT-S/16: 76.5% top-1 after 90 epochs, 6 h 30
-on a TPUv3-8), with FFCV loaders. ../shared/RECIPE.md is the spec; configs/ holds the runs.
+on a TPUv3-8), with FFCV loaders. RECIPE.md is the spec; configs/ holds the runs.
 
     torchrun --nproc_per_node=8 train_vit.py --config-file configs/vit_s16_90ep.yaml
     python train_vit.py --config-file configs/demo.yaml --logging.folder=runs/demo

@@ -1,4 +1,4 @@
-"""vit_speedrun/pp/ffcv_ops.py, the train pipeline, against the recipe (../shared/RECIPE.md,
+"""vit_speedrun/pp/ffcv_ops.py, the train pipeline, against the recipe (RECIPE.md,
 "Train preprocessing", "RandAugment", "Mixup"): the samplers statistically on thousands of draws, and the FFCV
 operations through real Loaders on a small .beton of real photographs.
 

@@ -5,7 +5,7 @@ libjpeg-turbo (JDCT_IFAST, fancy upsampling) decodes ONLY the inception-crop win
 (`jpeg_crop_scanline` + `jpeg_skip_scanlines`). On colour files with horizontally
 subsampled chroma (4:2:0, 4:2:2: most of ImageNet) the window's first column (x on an MCU
 boundary) and last column (x + w < W) are upsampled as image edges, so decode-then-slice
-differs from it on about half of all crops (../shared/RECIPE.md, train step 0). This file
+differs from it on about half of all crops (RECIPE.md, train step 0). This file
 makes the same library calls, so it is exact by construction (tests/jpeg/test_window.py
 checks it against tests/data/tf_decode.npz). It is also the speed lever: the rows
 below the window are never decoded, and a crop is a third of an image on average.

@@ -5,7 +5,7 @@ A port of google-research/big_vision `models/vit.py` as `configs/vit_s16_i1k.py`
 zero-initialised head), with big_vision's constructor names and its initialisers, so that
 a PyTorch run starts from the same distribution of weights as the reference. The paper's
 model ablations (learned posemb, [cls] token, linear head) are constructor switches.
-See ../shared/RECIPE.md, section "Model".
+See RECIPE.md, section "Model".
 
 Layout differences from big_vision, none of them semantic: NCHW input; q, k and v live in
 one fused Linear (one matmul instead of three) but are initialised as three separate

@@ -1,7 +1,7 @@
 """The reference's train preprocessing as FFCV operations compiled by numba.
 
 big_vision runs `inception_crop|flip_lr|randaug(2,10)|value_range(-1,1)` per image and
-then mixes the batch (../shared/RECIPE.md, "Train preprocessing", "RandAugment",
+then mixes the batch (RECIPE.md, "Train preprocessing", "RandAugment",
 "Mixup"). Here each step is an FFCV operation whose per-image loop is a `prange` over
 the batch (FFCV turns it into threads when num_workers > 1), with no Python work per image.
 

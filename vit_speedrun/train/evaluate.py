@@ -2,7 +2,7 @@
 
 Each set is read with `decode|resize_small(round(img_size / crop_ratio))|central_crop(
 img_size)|value_range(-1, 1)` (256 and 224 by default; ffcv_ops.EvalDecoder, TF's area
-resize bit for bit), raw weights, no test-time flips (../shared/RECIPE.md, "Eval
+resize bit for bit), raw weights, no test-time flips (RECIPE.md, "Eval
 preprocessing"). Each rank scores a disjoint strided shard of every set (no padding), and
 torchmetrics sums the counts over the ranks, so the reduced top-1 is exact.
 """
