@@ -85,13 +85,13 @@ def _cuda_float_ops(cuda):
         ops["fma32"] = _fma_python
         return ops
     from numba.cuda import libdevice
-    return {
-        "mul32": cuda.jit(device=True)(lambda a, b: libdevice.fmul_rn(a, b)),
-        "add32": cuda.jit(device=True)(lambda a, b: libdevice.fadd_rn(a, b)),
-        "sub32": cuda.jit(device=True)(lambda a, b: libdevice.fsub_rn(a, b)),
-        "div32": cuda.jit(device=True)(lambda a, b: libdevice.fdiv_rn(a, b)),
-        "fma32": cuda.jit(device=True)(lambda a, b, c: libdevice.fmaf(a, b, c)),
-    }
+    scope = {"libdevice": libdevice}   # a plain global for each function, not a closure
+    exec("def mul32(a, b):\n    return libdevice.fmul_rn(a, b)\n"
+         "def add32(a, b):\n    return libdevice.fadd_rn(a, b)\n"
+         "def sub32(a, b):\n    return libdevice.fsub_rn(a, b)\n"
+         "def div32(a, b):\n    return libdevice.fdiv_rn(a, b)\n"
+         "def fma32(a, b, c):\n    return libdevice.fmaf(a, b, c)\n", scope)
+    return {name: cuda.jit(device=True)(scope[name]) for name in FLOAT_OPS}
 
 
 _CUDA = {}

@@ -366,19 +366,19 @@ def sample(rec32, img, planes, base, ci, yy, xx):
     if up == R.UP_H2V2 or up == R.UP_H1V2:
         ny = cy - 1 if v == 0 else cy + 1
         ny = 0 if ny < 0 else (ch - 1 if ny > ch - 1 else ny)
-    cy = min(max(cy - oy, 0), height - 1)
-    ny = min(max(ny - oy, 0), height - 1)
+    cy = clamp(cy - oy, height - 1)
+    ny = clamp(ny - oy, height - 1)
     x0 = xal // he - ox
     if up == R.UP_FULL or up == R.UP_INT or up == R.UP_H1V2:
-        x = min(max(x0 + cx, 0), width - 1)
+        x = clamp(x0 + cx, width - 1)
         here = int(planes[p + cy * width + x])
         if up != R.UP_H1V2:
             return here
         return (3 * here + int(planes[p + ny * width + x]) + (1 if v == 0 else 2)) >> 2
     nx = cx - 1 if u == 0 else cx + 1
     nx = 0 if nx < 0 else (cw - 1 if nx > cw - 1 else nx)
-    x = min(max(x0 + cx, 0), width - 1)
-    xn = min(max(x0 + nx, 0), width - 1)
+    x = clamp(x0 + cx, width - 1)
+    xn = clamp(x0 + nx, width - 1)
     if up == R.UP_H2V1:
         return (3 * int(planes[p + cy * width + x]) + int(planes[p + cy * width + xn])
                 + (1 if u == 0 else 2)) >> 2
@@ -388,8 +388,14 @@ def sample(rec32, img, planes, base, ci, yy, xx):
 
 
 @body
+def clamp(v, hi):
+    """v clipped to [0, hi] (plain comparisons: the CUDA target types them as the CPU)."""
+    return 0 if v < 0 else (hi if v > hi else v)
+
+
+@body
 def clamp255(v):
-    return 0 if v < 0 else (255 if v > 255 else v)
+    return clamp(v, 255)
 
 
 @body

@@ -26,6 +26,11 @@ FILL = A.FILL
 
 
 @body
+def clamp255(v):
+    return 0 if v < 0 else (255 if v > 255 else v)
+
+
+@body
 def to_u8(v):
     """TF's clip_by_value(v, 0, 255) and cast to uint8 (truncation)."""
     v = np.float32(v)
@@ -41,9 +46,9 @@ def half_pixel(i, in_size, out_size):
     """TF's half-pixel bilinear source of output index i: (lower, upper, float32 frac)."""
     scale = div32(np.float32(in_size), np.float32(out_size))
     src = sub32(mul32(add32(np.float32(i), np.float32(0.5)), scale), np.float32(0.5))
-    f = math.floor(src)
+    f = int(math.floor(src))   # int(): CUDA's floor and ceil of a float32 return floats
     lo = f if f > 0 else 0
-    hi = math.ceil(src)
+    hi = int(math.ceil(src))
     hi = hi if hi < in_size - 1 else in_size - 1
     return lo, hi, sub32(src, np.float32(f))
 
@@ -209,9 +214,9 @@ def op_body(t, ip, fp, layer, src, res, lut, deg, dst):
         b = b if b < th else 255 - b
     elif op == A.SOLARIZE_ADD:
         add = int(ip[img, base + L_INT])
-        r = r if r >= 128 else min(max(r + add, 0), 255)
-        g = g if g >= 128 else min(max(g + add, 0), 255)
-        b = b if b >= 128 else min(max(b + add, 0), 255)
+        r = r if r >= 128 else clamp255(r + add)
+        g = g if g >= 128 else clamp255(g + add)
+        b = b if b >= 128 else clamp255(b + add)
     elif op == A.COLOR:
         f = fp[img, fb + F_FACTOR]
         d = np.float32(gray(r, g, b))
