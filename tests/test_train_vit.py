@@ -795,3 +795,37 @@ def test_predict_preprocesses_as_the_eval_and_prints_top_classes(data, reference
     probs = [float(x.split()[-1][:-1]) for x in out[0].split(": ", 1)[1].split("; ")]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True)
     assert predict.main([str(reference), "no/such/file.jpg"]) == 2
+
+
+# --- SLURM: srun's tasks instead of torchrun's ranks ------------------------------------------
+def test_slurm_tasks_train_the_same_run_as_torchrun(data, two_ranks, tmp_path):
+    """Two processes started as srun starts its tasks (SLURM_PROCID/NTASKS/LOCALID,
+    MASTER_ADDR, no torchrun variables) train torchrun_two_ranks' run: the same weights."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "slurm"
+    argv = args(data, folder, "--data.num_workers=1", "--training.epochs=1.2",
+                "--augment.mix_on_device=on", "--logging.log_every=6")
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_", "TORCHELASTIC", "MASTER_"))}
+    procs = [subprocess.Popen(
+        [sys.executable, "train_vit.py", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env=dict(base, SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r),
+                 SLURM_JOB_ID="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                 OMP_NUM_THREADS="1")) for r in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert "2 rank(s) on cpu, batch 8/rank" in outs[0]
+    assert_same_state(load_checkpoint(folder), load_checkpoint(two_ranks[0]))
+
+
+def test_slurm_without_master_addr_says_what_to_set(data, tmp_path, capsys, monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert train_vit.main(args(data, tmp_path / "run")) == train_vit.EXIT_CONFIG
+    assert "export MASTER_ADDR=$(scontrol show hostnames" in capsys.readouterr().err

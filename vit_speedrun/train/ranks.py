@@ -1,8 +1,9 @@
 """Which process of a torchrun job this is, and how the ranks agree with each other.
 
 train_vit.py runs as one rank of `torchrun --nproc_per_node=N` (on one node or several),
-or as a plain `python train_vit.py` without torchrun's environment (one process, no process
-group). A single torchrun process still forms a process group and wraps the model in DDP:
+as one task of `srun` under SLURM (one process per GPU: SLURM_PROCID, SLURM_NTASKS and
+SLURM_LOCALID stand in for torchrun's variables; MASTER_ADDR names the first node), or as a
+plain `python train_vit.py` (one process, no process group). A single torchrun process still forms a process group and wraps the model in DDP:
 the path an 8-GPU run takes, testable on one GPU.
 
 The ranks agree on flags (a SIGTERM, a non-finite value) at every step. On a GPU those
@@ -14,15 +15,36 @@ import os
 import torch
 import torch.distributed as dist
 
+from vit_speedrun.cli import ConfigError
+
+
+def launcher_env(environ=None):
+    """(rank, world_size, local_rank): torchrun's variables; else, in a SLURM job step of
+    several tasks, SLURM's, which it also exports as torchrun's for the process group (its
+    rendezvous at MASTER_ADDR:MASTER_PORT, port 29500 unless set); else one process."""
+    env = os.environ if environ is None else environ
+    if "RANK" in env or int(env.get("SLURM_NTASKS", 1)) <= 1 or "SLURM_PROCID" not in env:
+        return (int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                int(env.get("LOCAL_RANK", 0)))
+    if "MASTER_ADDR" not in env:
+        raise ConfigError(
+            "SLURM started this as one of several tasks, but MASTER_ADDR is not set: put "
+            "`export MASTER_ADDR=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)` "
+            "in the batch script before `srun python train_vit.py ...` (README, SLURM), or "
+            "launch with `srun torchrun ...` instead")
+    env.update(RANK=env["SLURM_PROCID"], WORLD_SIZE=env["SLURM_NTASKS"],
+               LOCAL_RANK=env.get("SLURM_LOCALID", "0"))
+    env.setdefault("MASTER_PORT", "29500")
+    return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+
 
 class Ranks:
-    """This process's rank, world size and device, from torchrun's environment variables;
-    connect() joins the process group (nccl on a GPU, gloo on CPU) when there is one."""
+    """This process's rank, world size and device, from torchrun's (or SLURM's) environment
+    variables; connect() joins the process group (nccl on a GPU, gloo on CPU) when there is
+    one."""
 
     def __init__(self):
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.rank, self.world_size, self.local_rank = launcher_env()
         self.is_main = self.rank == 0
         if torch.cuda.is_available():
             self.device = torch.device("cuda", self.local_rank)
