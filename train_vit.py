@@ -115,6 +115,27 @@ def wrap_ddp(model, device):
         gradient_as_bucket_view=True, static_graph=True)
 
 
+def accumulation_step(model, optimizer, params, micro, k, precision, grad_clip_norm):
+    """optimization_step over k micro-batches (an iterable of (images_nchw, targets), each
+    used before the next is drawn): each one's mean loss / k backpropagated, so that the
+    gradient is the mean over them, as over k ranks; then clip and AdamW step. Under DDP
+    every backward all-reduces (no_sync is not an option with wrap_ddp's static graph: the
+    same sums, k times the traffic). Returns the mean loss and the gradient norm, detached."""
+    model.train()
+    total = 0.0
+    for images, targets in micro:
+        with torch.autocast(images.device.type, dtype=torch.bfloat16,
+                            enabled=precision == "bf16"):
+            logits = model(images)
+        loss = soft_xent(logits, targets)
+        (loss / k).backward()
+        total = total + loss.detach()
+    grad_norm = clip_global_norm_(params, grad_clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / k, grad_norm.detach()
+
+
 def optimization_step(model, optimizer, params, images_nchw, targets, precision, grad_clip_norm):
     """Forward (bf16 autocast unless precision='fp32'), soft-target xent, backward, global
     norm clip, AdamW step. The optimizer's lr is set by the caller. Returns detached
@@ -147,9 +168,10 @@ class Trainer:
         self.initialize_logger()
 
     @param("training.batch_size")
+    @param("training.grad_accum")
     @param("eval.batch_size", "eval_batch_size")
     @param("training.seed")
-    def setup_distributed(self, batch_size, eval_batch_size, seed):
+    def setup_distributed(self, batch_size, grad_accum, eval_batch_size, seed):
         """This rank, its device and the process group (train/ranks.py; also for a single torchrun
         process: the path an 8-GPU run takes); the global batches split over the ranks."""
         self.ranks = r = Ranks()
@@ -161,6 +183,11 @@ class Trainer:
                                   f"ranks: use a positive multiple of {self.world_size}")
         self.batch_per_rank = batch_size // self.world_size
         self.eval_batch_per_rank = eval_batch_size // self.world_size
+        self.accum = grad_accum
+        if self.batch_per_rank % grad_accum:
+            raise ConfigError(f"training.grad_accum={grad_accum} does not split the batch of "
+                              f"{self.batch_per_rank} per rank into equal micro-batches: use "
+                              f"a divisor of {self.batch_per_rank}")
         r.connect()
         torch.manual_seed(seed)
         random.seed(seed)
@@ -204,7 +231,7 @@ class Trainer:
                             batch_size, max_steps):
         """The reference's train pipeline (rand_augment.py), one Loader for the whole run."""
         self.num_workers = num_workers or default_loader_threads()
-        self.clock = ffcv_ops.AugmentClock(seed)
+        self.clock = ffcv_ops.AugmentClock(seed, self.accum)
         on_device = where == "device" or mix_on_device == "on" or (
             mix_on_device == "auto" and self.device.type == "cuda")
         options = dict(res=img_size, flip=flip, fixed=randaug_fixed,
@@ -221,10 +248,11 @@ class Trainer:
         self.train_loader = loaders.train_loader(
             train_dataset, pipes, self.clock, self.device, rank=self.rank,
             world_size=self.world_size, distributed=self.distributed,
-            batch_size=self.batch_per_rank, num_workers=self.num_workers, in_memory=in_memory,
+            batch_size=self.batch_per_rank // self.accum, num_workers=self.num_workers,
+            in_memory=in_memory, accum=self.accum,
             seed=seed, mix_on_device=on_device, mixup_alpha=mixup_alpha,
             on_device_already=where == "device")
-        self.steps_per_epoch = len(self.train_loader)
+        self.steps_per_epoch = len(self.train_loader) // self.accum
         if self.steps_per_epoch == 0:
             raise ConfigError(f"training.batch_size={batch_size} is larger than the "
                               f"{self.n_train} images of {train_dataset}")
@@ -352,9 +380,9 @@ class Trainer:
         self.probe, self.warned_stuck = None, False
         try:
             while self.step < self.stop_step:
-                epoch, first_batch = divmod(self.step, self.steps_per_epoch)
+                epoch, first_step = divmod(self.step, self.steps_per_epoch)
                 batches = loaders.epoch_iterator(self.train_loader, self.clock, epoch,
-                                                 first_batch)
+                                                 first_step * self.accum)
                 try:
                     while self.step < self.stop_step:
                         if self.speed.start is None:
@@ -369,7 +397,7 @@ class Trainer:
                             break
                         self.speed.data_wait += time.perf_counter() - t0
                         self.host_lead.mark()
-                        self.train_step(*batch)
+                        self.train_step(batch, batches)
                         self.step += 1
                         if self.step == self.session_first_step + 1:
                             self.frames_after_first = report.compiled_frames()
@@ -409,22 +437,44 @@ class Trainer:
     @param("optimizer.grad_clip_norm")
     @param("training.precision")
     @param("debug.nonfinite_at_step")
-    def train_step(self, images, targets, lr, warmup_steps, grad_clip_norm, precision,
+    def train_step(self, batch, batches, lr, warmup_steps, grad_clip_norm, precision,
                    nonfinite_at_step):
-        """One AdamW step at lr * s(step) on a NHWC float batch from the loader."""
+        """One AdamW step at lr * s(step) on the loader's batch, and with training.grad_accum
+        = k on the k - 1 that follow it in `batches` (each used before the next is asked
+        for: the loader reuses their memory)."""
         self.current_lr = lr * schedule(self.step, self.total_steps, warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr
-        if self.train_images_nhwc:
-            images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
+
+        def prepared(images, targets):
+            if self.train_images_nhwc:
+                images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
+            if self.step == nonfinite_at_step:
+                images = images * float("nan")
+            return images, targets
+
+        def micro_batches():
+            yield prepared(*batch)
+            for j in range(1, self.accum):
+                more = next(batches, None)
+                if more is None:
+                    loaders.raise_if_failed(batches)
+                    raise RuntimeError(f"the epoch ended after {j} of the {self.accum} "
+                                       f"micro-batches of step {self.step + 1}")
+                yield prepared(*more)
+
         if self.probe is None:  # a few real images: checkpoints.nonfinite runs the model on them
+            images = batch[0].permute(0, 3, 1, 2) if self.train_images_nhwc else batch[0]
             self.probe = images[:8].detach().clone()
             if self.resumed_from is not None:
                 self.check_resumed_state(precision)
-        if self.step == nonfinite_at_step:
-            images = images * float("nan")
-        loss, grad_norm = optimization_step(self.model, self.optimizer, self.params, images,
-                                            targets, precision, grad_clip_norm)
+        if self.accum == 1:
+            loss, grad_norm = optimization_step(self.model, self.optimizer, self.params,
+                                                *prepared(*batch), precision, grad_clip_norm)
+        else:
+            loss, grad_norm = accumulation_step(self.model, self.optimizer, self.params,
+                                                micro_batches(), self.accum, precision,
+                                                grad_clip_norm)
         self.speed.add(loss, grad_norm)
 
     def check_resumed_state(self, precision):

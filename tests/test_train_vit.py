@@ -829,3 +829,87 @@ def test_slurm_without_master_addr_says_what_to_set(data, tmp_path, capsys, monk
     monkeypatch.setenv("SLURM_NTASKS", "2")
     assert train_vit.main(args(data, tmp_path / "run")) == train_vit.EXIT_CONFIG
     assert "export MASTER_ADDR=$(scontrol show hostnames" in capsys.readouterr().err
+
+
+# --- gradient accumulation ------------------------------------------------------------------
+def _accum_args(data, folder, *extra):
+    return args(data, folder, "--data.num_workers=1", "--training.epochs=1.2",
+                "--augment.mix_on_device=on", "--logging.log_every=1", "--training.grad_accum=2",
+                *extra)
+
+
+def test_grad_accum_batches_are_the_ranks_batches(data):
+    """The data of accumulation: with grad_accum=2, one process's micro-batches of step s
+    are, in turn, the s-th batches of 2 ranks, images and two-hot labels bit for bit (the
+    same samples, augmentations, mixup coefficient and pairs)."""
+    def batches(rank, world, accum):
+        clock = ffcv_ops.AugmentClock(5, accum)
+        pipes = ffcv_ops.train_pipelines(clock, res=32, num_classes=4)
+        ld = Loader(str(data["train"]), batch_size=8, num_workers=1, seed=5,
+                    order=loaders.ResumableOrder(rank, world, accum), pipelines=pipes)
+        train_vit._LOADERS.append(ld)
+        return [(np.asarray(x).copy(), np.asarray(y).copy())
+                for x, y in loaders.epoch_iterator(ld, clock, 1, first_batch=2 * accum)]
+    ranks = [batches(r, 2, 1) for r in range(2)]
+    accum = batches(0, 1, 2)
+    assert len(accum) == 2 * len(ranks[0]) == 6   # epoch 1 from step 2: steps 2, 3, 4
+    for s in range(3):
+        for j in range(2):
+            for a, b in zip(accum[2 * s + j], ranks[j][s]):
+                np.testing.assert_array_equal(a, b, err_msg=f"step {s + 2}, rank {j}")
+
+
+def test_grad_accum_on_one_process_equals_two_ranks(data, two_ranks, tmp_path):
+    """training.grad_accum=2 on one process (micro-batches of 8) trains the run of
+    torchrun_two_ranks (2 ranks of 8): the same samples, mixup coefficients and pairs, the
+    same losses and gradient norms, and the same weights, to float rounding (the gradients
+    are summed in another order)."""
+    folder = tmp_path / "accum"
+    assert train_vit.main(_accum_args(data, folder)) == 0
+    mine = {r["step"]: r for r in read_log(folder) if "train_loss" in r}
+    ranks = [r for r in read_log(two_ranks[0]) if "train_loss" in r]
+    assert sorted(mine) == [1, 2, 3, 4, 5, 6] and [r["step"] for r in ranks] == [5, 6]
+    for record, steps in zip(ranks, ([1, 2, 3, 4, 5], [6])):   # its windows: 1-5, 6
+        for key, rel in (("train_loss", 1e-6), ("grad_norm", 1e-5)):
+            mean = sum(mine[s][key] for s in steps) / len(steps)
+            assert mean == pytest.approx(record[key], rel=rel), (key, steps)
+    a, b = load_checkpoint(folder), load_checkpoint(two_ranks[0])
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)
+
+
+def test_grad_accum_resumes_exactly(data, tmp_path):
+    """Stopped at step 3 and resumed, an accumulating run ends bit for bit as an unbroken
+    one (the loader restarts at the step's first micro-batch, the mixup ordinals with it)."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_vit.main(_accum_args(data, whole)) == 0
+    assert train_vit.main(_accum_args(data, parts, "--training.max_steps=3")) == 0
+    assert train_vit.main(_accum_args(data, parts)) == 0
+    assert_same_state(load_checkpoint(parts), load_checkpoint(whole))
+    assert [r["train_loss"] for r in read_log(parts) if "train_loss" in r][-3:] == \
+        [r["train_loss"] for r in read_log(whole) if "train_loss" in r][-3:]
+
+
+def test_grad_accum_must_divide_the_batch(data, tmp_path, capsys):
+    assert train_vit.main(args(data, tmp_path / "x", "--training.grad_accum=3")) == \
+        train_vit.EXIT_CONFIG
+    assert "does not split the batch of 16 per rank" in capsys.readouterr().err
+
+
+def test_grad_accum_over_two_ranks_equals_four_micro_batches_on_one(data, tmp_path):
+    """DDP with accumulation (2 torchrun ranks x 2 micro-batches of 4) trains the run of one
+    process with 4 micro-batches of 4: both are the batch of 4 virtual ranks."""
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    extra = ("--data.num_workers=1", "--training.epochs=1.2", "--augment.mix_on_device=on",
+             "--logging.log_every=6")
+    env = dict(os.environ, NUMBA_CACHE_DIR=os.environ["NUMBA_CACHE_DIR"], OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", "train_vit.py",
+                           *args(data, ddp, *extra, "--training.grad_accum=2", evals=False)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert train_vit.main(args(data, one, *extra, "--training.grad_accum=4", evals=False)) == 0
+    a, b = load_checkpoint(ddp), load_checkpoint(one)
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-5, atol=1e-6)

@@ -113,8 +113,9 @@ def _voidptr(typingctx, addr):
 
 @njit(cache=True, nogil=True, fastmath=False, error_model="python")
 def _clock_view(addr):
-    """The AugmentClock's live int64[4] array [seed, epoch, image_batch, label_batch]."""
-    return numba.carray(_voidptr(addr), (4,), np.int64)
+    """The AugmentClock's live int64[5] array [seed, epoch, image_batch, label_batch,
+    micro-batches per step]."""
+    return numba.carray(_voidptr(addr), (5,), np.int64)
 
 
 class AugmentClock:
@@ -123,13 +124,18 @@ class AugmentClock:
     The operations read the array through its address at run time (see the module
     docstring), so `set_epoch` takes effect in pipelines FFCV compiled earlier.
     """
-    SEED, EPOCH, IMAGE_BATCH, LABEL_BATCH = range(4)
+    SEED, EPOCH, IMAGE_BATCH, LABEL_BATCH, ACCUM = range(5)
 
-    def __init__(self, seed=0):
+    def __init__(self, seed=0, accum=1):
+        """accum: loader batches per optimizer step (training.grad_accum); the k
+        micro-batches of a step share its mixup coefficient, as k ranks share theirs."""
         if not 0 <= int(seed) < 2 ** 63:
             raise ValueError(f"AugmentClock: seed must be a non-negative int64, got {seed}")
-        self.state = np.zeros(4, dtype=np.int64)
+        if int(accum) < 1:
+            raise ValueError(f"AugmentClock: accum must be >= 1, got {accum}")
+        self.state = np.zeros(5, dtype=np.int64)
         self.state[self.SEED] = int(seed)
+        self.state[self.ACCUM] = int(accum)
 
     @property
     def address(self):
@@ -534,7 +540,7 @@ class NormalizeMixup(_ToFloat32):
             clock = _clock_view(addr)
             batch = clock[2]
             clock[2] = batch + 1
-            a = mixup_coefficient(clock[0], clock[1], batch, alpha)
+            a = mixup_coefficient(clock[0], clock[1], batch // clock[4], alpha)
             n = images.shape[0]
             for i in my_range(n):
                 if a == np.float32(1.0):
@@ -590,7 +596,8 @@ class DeviceNormalizeMixup(Operation):
             out, rolled = buffers[0][:n], buffers[1][:n]
             batch = int(state[2])
             state[2] = batch + 1
-            a = float(mixup_coefficient(int(state[0]), int(state[1]), batch, alpha))
+            a = float(mixup_coefficient(int(state[0]), int(state[1]), batch // int(state[4]),
+                                        alpha))
             if out.device not in divisors:
                 # a tensor, not a Python scalar: CUDA divides by a host scalar as a
                 # multiplication by its reciprocal, which is not x / 255 to the last bit
@@ -646,7 +653,7 @@ class LabelMixup(Operation):
             clock = _clock_view(addr)
             batch = clock[3]
             clock[3] = batch + 1
-            a = mixup_coefficient(clock[0], clock[1], batch, alpha)
+            a = mixup_coefficient(clock[0], clock[1], batch // clock[4], alpha)
             _two_hot(labels, dst, a, num_classes)
             return dst[:labels.shape[0]]
 

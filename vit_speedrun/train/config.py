@@ -65,6 +65,10 @@ Section("optimizer", "AdamW, decoupled decay, global-norm clipping, warmup + cos
 Section("training", "the run").params(
     epochs=Param(Real(1e-9), "epochs; steps = round(epochs * n_train / batch_size)", default=90),
     batch_size=Param(And(int, InRange(min=1)), "GLOBAL batch, split over the ranks", default=1024),
+    grad_accum=Param(And(int, InRange(min=1)), "micro-batches per step on each rank (the "
+                     "batch of k times as many ranks on this many: the same steps and "
+                     "numbers to float rounding; mixup pairs within each micro-batch)",
+                     default=1),
     max_steps=Param(And(int, InRange(min=0)),
                     "stop after this step (schedule unchanged); 0 = run to the end",
                     default=0),

@@ -25,11 +25,12 @@ LOADERS = []
 
 def train_loader(path, pipelines, clock, device, *, rank, world_size, distributed, batch_size,
                  num_workers, in_memory, seed, mix_on_device, mixup_alpha,
-                 on_device_already=False):
+                 on_device_already=False, accum=1):
     """The run's one train Loader: ffcv_ops.train_pipelines(...) `pipelines`, then to the
     device; with mix_on_device the images go as uint8 and are normalised and mixed there
     (ffcv_ops.device_tail: float32 NCHW out), else they arrive float32 NHWC.
-    on_device_already: the image pipeline ends on the device (augment.where=device)."""
+    on_device_already: the image pipeline ends on the device (augment.where=device).
+    accum: micro-batches per step (ResumableOrder); batch_size is then a micro-batch's."""
     from ffcv.loader import Loader
     from ffcv.transforms import ToDevice, ToTensor
 
@@ -39,7 +40,8 @@ def train_loader(path, pipelines, clock, device, *, rank, world_size, distribute
                   ffcv_ops.device_tail(clock, device, mixup_alpha) if mix_on_device
                   else to_device)
     loader = Loader(path, batch_size=batch_size, num_workers=num_workers, os_cache=in_memory,
-                    order=ResumableOrder(rank, world_size), distributed=distributed, seed=seed,
+                    order=ResumableOrder(rank, world_size, accum), distributed=distributed,
+                    seed=seed,
                     drop_last=True, pipelines={"image": pipelines["image"] + image_tail,
                                                "label": pipelines["label"] + to_device})
     LOADERS.append(loader)
@@ -165,22 +167,35 @@ class ResumableOrder(TraversalOrder):
     world size; seed + epoch), cut to whole batches (ffcv 1.0.2 ignores drop_last). A resumed
     epoch starts later through epoch_iterator, which skips batches without
     decoding them. ffcv builds a custom order by calling it with the Loader. The rank and
-    world size are explicit, so one process needs no process group."""
+    world size are explicit, so one process needs no process group.
+    accum > 1 (training.grad_accum): the Loader's batches are micro-batches, and step s of
+    this rank is made of the s-th batches of `accum` virtual ranks (rank * accum + j of
+    world_size * accum), in turn: the samples that many more ranks would take at step s."""
 
-    def __init__(self, rank, world_size):
-        self.rank, self.world_size = rank, world_size
+    def __init__(self, rank, world_size, accum=1):
+        self.rank, self.world_size, self.accum = rank, world_size, accum
 
     def __call__(self, loader):
         TraversalOrder.__init__(self, loader)
         return self
 
-    def sample_order(self, epoch):
-        sampler = DistributedSampler(self.indices, num_replicas=self.world_size, rank=self.rank,
+    def _rank_order(self, epoch, rank, world):
+        sampler = DistributedSampler(self.indices, num_replicas=world, rank=rank,
                                      shuffle=True, seed=self.seed, drop_last=False)
         sampler.set_epoch(epoch)
         order = self.indices[np.fromiter(iter(sampler), dtype=np.int64)]
         batch = self.loader.batch_size
         return order[:len(order) // batch * batch]
+
+    def sample_order(self, epoch):
+        if self.accum == 1:
+            return self._rank_order(epoch, self.rank, self.world_size)
+        batch, k = self.loader.batch_size, self.accum
+        orders = [self._rank_order(epoch, self.rank * k + j, self.world_size * k)
+                  for j in range(k)]
+        steps = min(len(o) for o in orders) // batch
+        return np.concatenate([orders[j][s * batch:(s + 1) * batch]
+                               for s in range(steps) for j in range(k)]).astype(np.int64)
 
 
 @param("data.train_dataset")
