@@ -9,7 +9,6 @@ The model: a train_vit.py logging folder (or its checkpoint.pt), or big_vision's
 published checkpoint (.npz; the paper's 76.5 / 83.1 / 64.2 top-1 at 90 epochs on val, ReaL,
 v2 are its figures). Prints one line per set and writes nothing.
 """
-import argparse
 import os
 import sys
 
@@ -17,13 +16,11 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "threadsafe")   # as train_vit.py
 
 import torch  # noqa: E402
 
+from vit_speedrun.cli import model_parser  # noqa: E402
+
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("model", help="run folder, checkpoint.pt, or big_vision .npz")
-    p.add_argument("--variant", default="S/16", help="a big_vision .npz's variant (S/16)")
+    p = model_parser(__doc__)
     for name in ("minival", "val", "v2"):
         p.add_argument(f"--{name}", default="", metavar="BETON", help=f"the {name} .beton")
     p.add_argument("--real", action="store_true", help="also ReaL top-1 (the val .beton's "

@@ -10,12 +10,13 @@ names when timm is installed (`pip install timm`: its offline wnid -> name table
 big_vision .npz without timm prints class indices. Folders are searched recursively for
 image files.
 """
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vit_speedrun.cli import model_parser
 
 IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
 
@@ -57,12 +58,8 @@ def class_names(classes, n):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("model", help="run folder, checkpoint.pt, or big_vision .npz")
+    p = model_parser(__doc__)
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--variant", default="S/16", help="a big_vision .npz's variant (S/16)")
     p.add_argument("--top", type=int, default=5, help="classes per image (5)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (cpu)")
     args = p.parse_args(argv)

@@ -174,3 +174,15 @@ def _flatten(tree, prefix=""):
             yield from _flatten(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}"
+
+
+def model_parser(doc):
+    """The argument parser of a script that uses a trained model (eval_vit.py, predict.py):
+    its docstring's first paragraph as the description, the rest as the epilog, and the
+    model (a run folder, its checkpoint.pt, or a big_vision .npz with its --variant)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=doc.split("\n\n", 1)[1])
+    p.add_argument("model", help="run folder, checkpoint.pt, or big_vision .npz")
+    p.add_argument("--variant", default="S/16", help="a big_vision .npz's variant (S/16)")
+    return p
