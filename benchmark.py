@@ -14,7 +14,7 @@ its figures last; README's speed table is made of their output and nothing else.
   python benchmark.py loader --beton train.beton --where cpu device   # host CPU per image of
                                                       # both train paths (augment.where)
   python benchmark.py device --beton train.beton   # augment.where=device on the GPU: ms per
-                                # batch (decode; augment) and the batch equal to the CPU twin's
+                                # batch (decode + augment) and the batch equal to the CPU twin's
 
 Every command runs on CPU too (with a tiny --variant); none changes the recipe: `step` and
 `full` time train_vit's own optimization step, `loader` train_vit's own pipelines.
@@ -209,7 +209,7 @@ def bench_pipelines(clock, kind, res=224, num_classes=1000, beton=None):
     labels); 'ffcv' = FFCV's own RandomResizedCrop decoder + flip; 'planner' = the host's
     whole share of augment.where=device (crop, plan, draws; the CPU branch's decode and
     resize for the samples the device cannot decode)."""
-    from vit_speedrun.pp import ffcv_ops  # imports ffcv (seconds): only in the commands that load data
+    from vit_speedrun.pp import ffcv_ops  # imports ffcv (seconds): only where data loads
     if kind == 'planner':
         from vit_speedrun.pp.device import ffcv_ops as device_ops
         planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(beton, res), res)
@@ -302,8 +302,10 @@ def loader_rates(beton, args, kinds=tuple(LOADER_KINDS)):
         res=args.res, kind=kind, batches=args.batches, cpu=True) for kind in kinds}
 
 
-def device_routes(beton, res=224, samples=512, seed=0):
-    """(samples the device decodes, samples the host decodes) of `samples` planned ones."""
+def planned_batches(beton, res, batch_size, samples, seed=0):
+    """(planner, iterator over its row batches) of augment.where=device's host stage, over
+    the first `samples` samples of epoch 0 (the set repeated as needed); the planner's
+    totals are those of the last batch drawn."""
     import numpy as np
     from ffcv.loader import Loader, OrderOption
 
@@ -311,15 +313,30 @@ def device_routes(beton, res=224, samples=512, seed=0):
     from vit_speedrun.pp.device import ffcv_ops as device_ops
     clock = ffcv_ops.AugmentClock(seed)
     planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(beton, res), res)
-    loader = Loader(str(beton), batch_size=64, num_workers=1, order=OrderOption.SEQUENTIAL,
+    loader = Loader(str(beton), batch_size=batch_size, num_workers=1, drop_last=False,
+                    order=OrderOption.SEQUENTIAL,
                     indices=np.arange(samples) % int(loader_size(beton)),
                     pipelines={'image': [planner], 'label': None})
     clock.set_epoch(0)
+    return planner, (rows for rows, in loader)
+
+
+def routes(rows):
+    """(samples the device decodes, samples the host decodes) of DevicePlanner's rows."""
+    import numpy as np
+
+    from vit_speedrun.pp.device import ffcv_ops as device_ops
+    modes = np.asarray(rows)[:, :device_ops.IP_BYTES].view(np.int64)[:, device_ops.K.IP_MODE]
+    return (int((modes == device_ops.K.MODE_DECODED).sum()),
+            int((modes == device_ops.K.MODE_RESIZED).sum()))
+
+
+def device_routes(beton, res=224, samples=512):
+    """(samples the device decodes, samples the host decodes) of `samples` planned ones."""
     device = host = 0
-    for rows, in loader:
-        modes = np.asarray(rows)[:, :device_ops.IP_BYTES].view(np.int64)[:, 0]
-        device += int((modes == device_ops.K.MODE_DECODED).sum())
-        host += int((modes == device_ops.K.MODE_RESIZED).sum())
+    for rows in planned_batches(beton, res, 64, samples)[1]:
+        d, h = routes(rows)
+        device, host = device + d, host + h
     return device, host
 
 
@@ -458,25 +475,16 @@ def cmd_storage(args):
 
 
 def cmd_device(args):
-    """augment.where=device's device share on one planned batch: milliseconds per batch for
-    the JPEG stages and for the augmentation stages (CUDA events; median of --repeats), and
-    whether the device's images equal the CPU twin's, value for value (exit 1 if not)."""
+    """augment.where=device's device share on one planned batch: milliseconds per batch of
+    the JPEG and augmentation stages together (wall-clock between device synchronisations;
+    median of --repeats), and whether the device's images equal the CPU twin's, value for
+    value (exit 1 if not)."""
     import numpy as np
-    from ffcv.loader import Loader, OrderOption
 
-    from vit_speedrun.pp import ffcv_ops
     from vit_speedrun.pp.device import ffcv_ops as device_ops
     device = _device(args.device)
-    clock = ffcv_ops.AugmentClock(0)
-    planner = device_ops.DevicePlanner(clock, device_ops.sample_budget(args.beton, args.res),
-                                       args.res)
-    n = int(loader_size(args.beton))
-    loader = Loader(str(args.beton), batch_size=args.batch_size, num_workers=1,
-                    order=OrderOption.SEQUENTIAL, drop_last=False,
-                    indices=np.arange(args.batch_size) % n,
-                    pipelines={'image': [planner], 'label': None})
-    clock.set_epoch(0)
-    rows = torch.as_tensor(np.asarray(next(iter(loader))[0]).copy())
+    planner, batches = planned_batches(args.beton, args.res, args.batch_size, args.batch_size)
+    rows = torch.as_tensor(np.asarray(next(batches)).copy())
     totals = [int(v) for v in planner.totals]
     want = device_ops.decode_and_augment(rows, totals, args.res, planner.layers).numpy()
     on = rows.to(device)
@@ -489,8 +497,7 @@ def cmd_device(args):
         device_ops.decode_and_augment(on, totals, args.res, planner.layers)
         sync(device)
         times.append((time.perf_counter() - start) * 1e3)
-    modes = rows[:, :device_ops.IP_BYTES].numpy().view(np.int64)[:, 0]
-    decoded = int((modes == device_ops.K.MODE_DECODED).sum())
+    decoded = routes(rows.numpy())[0]
     print(f"RESULT device {device}: batch {args.batch_size} at {args.res} px ({decoded} decoded "
           f"on the device, {args.batch_size - decoded} on the host), {rows.shape[1]:,} bytes "
           f"per sample row; decode + augment {statistics.median(times):.2f} ms per batch "

@@ -115,6 +115,25 @@ def wrap_ddp(model, device):
         gradient_as_bucket_view=True, static_graph=True)
 
 
+def backward(model, images_nchw, targets, precision, scale=1):
+    """Forward (bf16 autocast unless precision='fp32'), soft-target xent, and the backward
+    of loss / scale (accumulated into the gradients). Returns the loss, detached."""
+    with torch.autocast(images_nchw.device.type, dtype=torch.bfloat16,
+                        enabled=precision == "bf16"):
+        logits = model(images_nchw)
+    loss = soft_xent(logits, targets)
+    (loss / scale if scale != 1 else loss).backward()
+    return loss.detach()
+
+
+def apply_gradients(optimizer, params, grad_clip_norm):
+    """Global-norm clip and AdamW step on the accumulated gradients; returns the norm."""
+    grad_norm = clip_global_norm_(params, grad_clip_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach()
+
+
 def accumulation_step(model, optimizer, params, micro, k, precision, grad_clip_norm):
     """optimization_step over k micro-batches (an iterable of (images_nchw, targets), each
     used before the next is drawn): each one's mean loss / k backpropagated, so that the
@@ -124,16 +143,8 @@ def accumulation_step(model, optimizer, params, micro, k, precision, grad_clip_n
     model.train()
     total = 0.0
     for images, targets in micro:
-        with torch.autocast(images.device.type, dtype=torch.bfloat16,
-                            enabled=precision == "bf16"):
-            logits = model(images)
-        loss = soft_xent(logits, targets)
-        (loss / k).backward()
-        total = total + loss.detach()
-    grad_norm = clip_global_norm_(params, grad_clip_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return total / k, grad_norm.detach()
+        total = total + backward(model, images, targets, precision, k)
+    return total / k, apply_gradients(optimizer, params, grad_clip_norm)
 
 
 def optimization_step(model, optimizer, params, images_nchw, targets, precision, grad_clip_norm):
@@ -141,15 +152,8 @@ def optimization_step(model, optimizer, params, images_nchw, targets, precision,
     norm clip, AdamW step. The optimizer's lr is set by the caller. Returns detached
     (loss, grad_norm); no host sync."""
     model.train()
-    device_type = images_nchw.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        logits = model(images_nchw)
-    loss = soft_xent(logits, targets)
-    loss.backward()
-    grad_norm = clip_global_norm_(params, grad_clip_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), grad_norm.detach()
+    loss = backward(model, images_nchw, targets, precision)
+    return loss, apply_gradients(optimizer, params, grad_clip_norm)
 
 
 class Trainer:

@@ -350,10 +350,10 @@ def _state_dict_of(p, model, width):
         for ln, name in (("LayerNorm_0", "ln1"), ("LayerNorm_1", "ln2")):
             sd[o + name + ".weight"] = t(p[b + ln + "/scale"])
             sd[o + name + ".bias"] = t(p[b + ln + "/bias"])
-        sd[o + "attn.qkv.weight"] = t(np_cat([p[att + k + "/kernel"].reshape(width, width).T
-                                              for k in ("query", "key", "value")]))
-        sd[o + "attn.qkv.bias"] = t(np_cat([p[att + k + "/bias"].reshape(width)
-                                            for k in ("query", "key", "value")]))
+        sd[o + "attn.qkv.weight"] = torch.cat([t(p[att + k + "/kernel"].reshape(width, width).T)
+                                               for k in ("query", "key", "value")])
+        sd[o + "attn.qkv.bias"] = torch.cat([t(p[att + k + "/bias"].reshape(width))
+                                             for k in ("query", "key", "value")])
         sd[o + "attn.out.weight"] = t(p[att + "out/kernel"].reshape(width, width).T)
         sd[o + "attn.out.bias"] = t(p[att + "out/bias"])
         for k, name in (("Dense_0", "fc1"), ("Dense_1", "fc2")):
@@ -364,11 +364,6 @@ def _state_dict_of(p, model, width):
             sd[name + ".weight"] = t(p[name + "/kernel"].T)
             sd[name + ".bias"] = t(p[name + "/bias"])
     return sd
-
-
-def np_cat(arrays):
-    import numpy as np
-    return np.concatenate(arrays, axis=0)
 
 
 if __name__ == "__main__":  # python -m vit_speedrun.models.vit S/16 [img_size]

@@ -18,25 +18,30 @@ from vit_speedrun.jpeg.device import record as R
 
 
 @njit(nogil=True)
-def starts_of(rec32, flags):
+def record_counts(rec):
+    """What one planned record (int32 words) launches: (groups, blocks, plane bytes,
+    output pixels)."""
+    rows, cols = np.int64(rec[R.ROWS]), np.int64(rec[R.COLS])
+    planes = np.int64(0)
+    for c in range(rec[R.NC]):
+        planes += (rows * rec[R.COMP + 8 * c + R.C_VS] * 8) * (
+            cols * rec[R.COMP + 8 * c + R.C_HS] * 8)
+    return (np.int64(rec[R.NSEG]), rows * cols * rec[R.NB], planes,
+            np.int64(rec[R.H]) * rec[R.W])
+
+
+@njit(nogil=True)
+def starts_of(rec32):
     """Prefix sums over the batch of what each planned image launches: groups, blocks,
     plane bytes, output pixels (rows of an int64 [4, n + 1])."""
     n = rec32.shape[0]
     out = np.zeros((4, n + 1), np.int64)
     for i in range(n):
-        g = b = p = x = 0
-        if rec32[i, R.STATUS] == 1 and flags[i] == 0:
-            rows, cols = rec32[i, R.ROWS], rec32[i, R.COLS]
-            g = rec32[i, R.NSEG]
-            b = rows * cols * rec32[i, R.NB]
-            for c in range(rec32[i, R.NC]):
-                p += (rows * rec32[i, R.COMP + 8 * c + R.C_VS] * 8) * (
-                    cols * rec32[i, R.COMP + 8 * c + R.C_HS] * 8)
-            x = rec32[i, R.H] * rec32[i, R.W]
-        out[0, i + 1] = out[0, i] + g
-        out[1, i + 1] = out[1, i] + b
-        out[2, i + 1] = out[2, i] + p
-        out[3, i + 1] = out[3, i] + x
+        zero = np.int64(0)
+        counts = (record_counts(rec32[i]) if rec32[i, R.STATUS] == 1
+                  else (zero, zero, zero, zero))
+        for k in range(4):
+            out[k, i + 1] = out[k, i] + counts[k]
     return out
 
 
@@ -116,7 +121,7 @@ def run(recs, target="cpu", threads=256):
     n = recs.shape[0]
     rec32 = recs.view(np.int32)
     flags = np.zeros(n, np.int32)
-    st = starts_of(rec32, flags)
+    st = starts_of(rec32)
     totals = st[:, -1]
     arrays = [np.zeros((n, 6, K.TABLE), np.int32),
               np.zeros((max(int(totals[1]), 1), 64), np.int16),

@@ -71,16 +71,9 @@ def _layout(destination, n, totals):
         row = destination[i]
         ip = row[:IP_BYTES].view(np.int64)
         starts = row[START_AT:START_AT + 8 * START_WORDS].view(np.int64)
-        counts = np.zeros(4, np.int64)
-        if ip[K.IP_MODE] == K.MODE_DECODED:
-            rec = row[PAYLOAD:].view(np.int32)
-            rows, cols = rec[R.ROWS], rec[R.COLS]
-            counts[0] = rec[R.NSEG]
-            counts[1] = rows * cols * rec[R.NB]
-            for c in range(rec[R.NC]):
-                counts[2] += (rows * rec[R.COMP + 8 * c + R.C_VS] * 8) * (
-                    cols * rec[R.COMP + 8 * c + R.C_HS] * 8)
-            counts[3] = rec[R.H] * rec[R.W]
+        zero = np.int64(0)
+        counts = (JL.record_counts(row[PAYLOAD:].view(np.int32))
+                  if ip[K.IP_MODE] == K.MODE_DECODED else (zero, zero, zero, zero))
         for k in range(4):
             starts[2 * k] = acc[k]
             acc[k] += counts[k]
@@ -182,7 +175,6 @@ class DeviceDecodeAugment(Operation):
         self.mix = ffcv_ops.DeviceNormalizeMixup(clock, alpha)
 
     def generate_code(self):
-        import torch
         planner, mix = self.planner, self.mix.generate_code()
         res, layers = planner.output_size[0], planner.layers
 
@@ -192,7 +184,6 @@ class DeviceDecodeAugment(Operation):
             images = decode_and_augment(rows[:n], totals, res, layers)
             return mix(images.permute(0, 3, 1, 2), buffers)
 
-        self._torch = torch
         return decode_augment
 
     def declare_state_and_memory(self, previous_state):
