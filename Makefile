@@ -34,11 +34,12 @@ sysdeps:
 
 # torch goes in first and alone: with torch==2.13.0 already present, nothing later
 # can make pip resolve another (CUDA) build of it.
-$(STAMP): requirements.txt requirements-dev.txt | sysdeps
+$(STAMP): requirements.txt requirements-dev.txt requirements-extras.txt requirements-timm.txt | sysdeps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q $$(grep -E '^torch==' requirements.txt)
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-extras.txt
+	rm -rf $(VENV)/timm && $(BIN)/python -m pip install -q --no-deps --target $(VENV)/timm -r requirements-timm.txt
 	$(BIN)/python -c "import ffcv, fastargs, numba, torch, torchmetrics; print('installed: torch', torch.__version__, '| numba', numba.__version__)"
 	touch $(STAMP)
 

@@ -53,7 +53,7 @@ def class_names(classes, n):
         wnids = classes or (info.label_names() if n == 1000 else [])
         return [f"{w} {info.label_name_to_description(w)}" if w in info.label_names() else w
                 for w in wnids] or [str(i) for i in range(n)]
-    except ImportError:
+    except (ImportError, RuntimeError):   # RuntimeError: a torchvision not built for this torch
         return list(classes) if classes else [str(i) for i in range(n)]
 
 

@@ -183,6 +183,7 @@ def model_parser(doc):
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=doc.split("\n\n", 1)[1])
-    p.add_argument("model", help="run folder, checkpoint.pt, or big_vision .npz")
+    p.add_argument("model", help="run folder, checkpoint.pt, export_vit.py .safetensors, or "
+                                 "big_vision .npz")
     p.add_argument("--variant", default="S/16", help="a big_vision .npz's variant (S/16)")
     return p

@@ -246,7 +246,8 @@ def resume(folder, model, optimizer, config, world_size, device):
 def load_model(path, device="cpu", variant="S/16"):
     """(model in eval mode, classes, config) of a trained model, for evaluation and
     prediction: a run folder or its checkpoint.pt (the model's settings from its config, the
-    class list it carries; [] from a checkpoint older than that), or a big_vision .npz
+    class list it carries; [] from a checkpoint older than that), an export_vit.py
+    .safetensors (its settings and classes in its metadata), or a big_vision .npz
     (vit.from_big_vision; `variant` names it, its classes are ImageNet's in wnid order)."""
     from vit_speedrun.models import vit
     path = Path(path)
@@ -254,7 +255,14 @@ def load_model(path, device="cpu", variant="S/16"):
         path = path / CURRENT
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (a train_vit.py logging.folder, its "
-                              f"checkpoint.pt, or a big_vision .npz)")
+                              f"checkpoint.pt, an export_vit.py .safetensors, or a big_vision "
+                              f".npz)")
+    if path.suffix == ".safetensors":
+        from vit_speedrun.models import export
+        model, classes = export.load_safetensors(path)
+        return model.to(device).eval(), classes, {"model.variant": model.variant,
+                                                  "model.img_size": model.img_size[0],
+                                                  "eval.crop_ratio": 224 / 256}
     if path.suffix == ".npz":
         model = vit.from_big_vision(path, variant)
         return model.to(device).eval(), [], {"model.variant": variant, "model.img_size":
