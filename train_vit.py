@@ -46,7 +46,7 @@ from fastargs.decorators import param
 from vit_speedrun.cli import ConfigError
 from vit_speedrun.models import vit
 from vit_speedrun.pp import ffcv_ops
-from vit_speedrun.train import checkpoints, evaluate, loaders, report
+from vit_speedrun.train import checkpoints, evaluate, loaders, report, trackers
 from vit_speedrun.train.config import SECTIONS, parse_config  # noqa: F401 (declares the settings)
 from vit_speedrun.train.loaders import HostLead
 from vit_speedrun.train.ranks import Ranks
@@ -163,6 +163,7 @@ class Trainer:
         self.config = config
         self.started = time.perf_counter() if started is None else started  # wall-clock origin
         self.setup_distributed()
+        self.check_trackers()
         self.check_datasets()
         self.create_train_loader()
         self.create_eval_loaders()
@@ -196,6 +197,12 @@ class Trainer:
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed)
+
+    @param("logging.tensorboard")
+    @param("logging.wandb")
+    def check_trackers(self, tensorboard, wandb):
+        """A tracker asked for is installed (train/trackers.py), before any work."""
+        trackers.check_installed(tensorboard, wandb)
 
     @param("model.variant")
     @param("model.img_size")
@@ -338,11 +345,20 @@ class Trainer:
     @param("training.precision")
     @param("optimizer.lr")
     @param("optimizer.warmup_steps")
-    def initialize_logger(self, progress, variant, img_size, precision, lr, warmup_steps):
-        """The run's folder and console (report.RunLog); rank 0 prints the plan of the run and
-        a warning if it ends inside the warmup."""
+    @param("logging.tensorboard")
+    @param("logging.wandb")
+    @param("logging.wandb_project")
+    @param("logging.wandb_name")
+    def initialize_logger(self, progress, variant, img_size, precision, lr, warmup_steps,
+                          tensorboard, wandb, wandb_project, wandb_name):
+        """The run's folder and console (report.RunLog) and, on rank 0, the trackers asked
+        for (train/trackers.py); rank 0 prints the plan of the run and a warning if it ends
+        inside the warmup."""
+        sinks = trackers.open_trackers(
+            self.folder, self.config_dict(), self.step, tensorboard=tensorboard, wandb=wandb,
+            wandb_project=wandb_project, wandb_name=wandb_name) if self.is_main else []
         self.run_log = report.RunLog(self.folder, self.config_dict(), self.step, self.stop_step,
-                                     self.is_main, progress)
+                                     self.is_main, progress, sinks)
         if self.is_main:
             n_params = sum(p.numel() for p in self.params)
             print(f"ViT-{variant} at {img_size}px: {n_params:,} parameters, "
@@ -609,6 +625,7 @@ def main(argv=None):
         if trainer.step >= trainer.stop_step:
             trainer.run_log.print(f"{trainer.checkpoint_path} is at step {trainer.step:,}: "
                                   f"nothing left to train (stop step {trainer.stop_step:,})")
+            trainer.run_log.close()
             return EXIT_OK
         return trainer.train()
     except ConfigError as e:

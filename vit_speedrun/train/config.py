@@ -101,6 +101,12 @@ Section("logging", "what rank 0 writes and shows").params(
     progress=Param(Flag(), "tqdm progress bar", default=True),
     peak_tflops=Param(Real(), "per-device peak TFLOP/s for MFU; 0 = measure a matmul at "
                       "start-up", default=0.0),
+    tensorboard=Param(Flag(), "also log to TensorBoard, in folder/tensorboard (needs "
+                      "tensorboard)", default=False),
+    wandb=Param(Flag(), "also log to Weights & Biases, one run per folder, resumed with it "
+                "(needs wandb; WANDB_MODE=offline to sync later)", default=False),
+    wandb_project=Param(str, "W&B project", default="vit-speedrun"),
+    wandb_name=Param(str, "W&B run name; '' = the folder's name", default=""),
 )
 Section("debug", "fault injection for tests").params(
     nonfinite_at_step=Param(int, "make the inputs NaN at this step (tests the guard); -1 = off",

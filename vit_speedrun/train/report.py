@@ -179,10 +179,11 @@ class RunLog:
     every method does nothing): config.json; log.jsonl, cut back on start to the step the
     run resumes from (records of steps never checkpointed go, so a resumed run's log reads
     as an unbroken run's); the progress bar and the text printed through it; at the end
-    curves.png and summary.json."""
+    curves.png and summary.json. trackers (train/trackers.py) get every record and the
+    summary too."""
 
-    def __init__(self, folder, config, step, stop_step, is_main, progress):
-        self.folder, self.is_main = Path(folder), is_main
+    def __init__(self, folder, config, step, stop_step, is_main, progress, trackers=()):
+        self.folder, self.is_main, self.trackers = Path(folder), is_main, list(trackers)
         self.path = self.folder / "log.jsonl"
         if is_main:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -201,6 +202,8 @@ class RunLog:
         if self.is_main:
             with open(self.path, "a") as f:
                 f.write(json_line(record))
+            for tracker in self.trackers:
+                tracker.log(record)
 
     def step_done(self):
         self.pbar.update(1)
@@ -222,10 +225,15 @@ class RunLog:
         result = summary(folder=self.folder, log=log, **figures)
         write_atomic(self.folder / "summary.json",
                      json.dumps(finite_json(result), indent=2, allow_nan=False))
+        for tracker in self.trackers:
+            tracker.finish(finite_json(result))
         self.print(summary_text(result))
 
     def close(self):
         self.pbar.close()
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
 
 
 def duration(seconds):
