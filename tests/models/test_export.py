@@ -41,17 +41,21 @@ def trained_like(settings, seed=0):
     return model.eval()
 
 
-def photo_batch(img_size):
+def photo_files(folder):
+    """Three real photographs as JPEG files in folder."""
+    from PIL import Image
+    paths = []
+    for name, img in sorted(real_photos().items())[:3]:
+        paths.append(folder / f"{name}.jpg")
+        if not paths[-1].exists():
+            Image.fromarray(img).save(paths[-1], quality=90)
+    return paths
+
+
+def photo_batch(img_size, folder):
     """Real photographs through predict.py's eval preprocessing (TF decode, resize, crop)."""
     import predict
-    from PIL import Image
-    out = []
-    for i, (name, img) in enumerate(sorted(real_photos().items())[:3]):
-        path = ROOT / ".pytest_cache" / f"export_{name}.jpg"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(img).save(path, quality=90)
-        out.append(predict.preprocess(path, img_size, 0.875))
-    return torch.stack(out)
+    return torch.stack([predict.preprocess(p, img_size, 0.875) for p in photo_files(folder)])
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):
@@ -62,10 +66,10 @@ def test_safetensors_round_trip_is_exact(tmp_path):
         assert classes == ["a", "b"] and export.model_settings(back) == export.model_settings(model)
         for k, v in model.state_dict().items():
             assert torch.equal(back.state_dict()[k], v), (name, k)
-        x = photo_batch(model.img_size[0])
+        x = photo_batch(model.img_size[0], tmp_path)
         with torch.no_grad():
             assert torch.equal(back.eval()(x), model(x)), name
-        assert all(p.suffix == ".safetensors" for p in tmp_path.iterdir())   # no temporaries
+        assert not list(tmp_path.glob(".*tmp*"))   # no temporaries left
 
 
 def test_export_errors_name_what_to_do(tmp_path, monkeypatch):
@@ -107,8 +111,7 @@ def test_export_vit_safetensors_of_a_checkpoint_predicts_the_same(tmp_path, caps
     assert "wrote" in capsys.readouterr().out
     _, classes, _ = load_model(out)
     assert classes == list("abcdefg")
-    photo_batch(32)
-    photo = next((ROOT / ".pytest_cache").glob("export_*.jpg"))
+    photo = photo_files(tmp_path)[0]
     printed = []
     for source in (tmp_path, out):
         assert predict.main([str(source), str(photo)]) == 0
@@ -129,7 +132,7 @@ def timm_checks(tmp):
     import timm
     for name, settings in LAYOUTS.items():
         model = trained_like(settings)
-        x = photo_batch(model.img_size[0])
+        x = photo_batch(model.img_size[0], tmp)
         with torch.no_grad():
             ours = model(x)
             theirs = export.to_timm(model)(x)
