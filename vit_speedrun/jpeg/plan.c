@@ -107,69 +107,61 @@ static int jw_upsampling(int hs, int vs, int hmax, int vmax, int width) {
 
 /* The record of window (y, x, h, w) of data into rec (cap bytes, 4-byte aligned): its
  * length in bytes, or JW_PLAN_CPU. */
+static long jw_plan_record(const uint8_t *data, size_t n0, const struct jw_iwin *W, int y,
+                           int x, int h, int w, int32_t *rec, size_t cap);
+
 long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int w,
                       int32_t *rec, size_t cap) {
-  struct jw_scan S;
-  struct jw_frame F;
-  struct jw_huff dc[4], ac[4];
-  const uint8_t *body, *p, *end;
-  uint64_t v, group, npts, ns;
-  int64_t pred[4] = {0};
-  size_t n0, blen, pos = 0, nbytes = 0, at;
-  int r0, r1, g0, g1, c0, c1, ng, k, ci, b, g, r, hmax, vmax, xal, ow, nseg, rows, groups,
-      tq[4], val[4];
-  int32_t *segs;
-  uint8_t plan[8][8], *bytes;
+  long out = JW_PLAN_CPU;
+  const uint8_t *body;
+  size_t n0, blen;
+  struct jw_iwin W;
   if (!data || !rec || cap < 4 * (size_t)P_SEGS) return JW_PLAN_CPU;
   if (!(n0 = jw_index_of(data, size, &body, &blen))) return JW_PLAN_CPU;
-  /* jw_index_decode's checks, in its order */
-  if (!jw_parse(data, n0, &S) || S.dri != 0 || !jw_huffs(&S, dc, ac, 0) ||
-      !jw_fillers(&ac[S.ta[0]], plan))
-    return JW_PLAN_CPU;
-  for (ci = 0; ci < S.ns; ci++) if (!ac[S.ta[ci]].size[0]) return JW_PLAN_CPU;
-  p = body;
-  end = body + blen;
-  if (!jw_get_var(&p, end, &v) || v != 1 || !jw_get_var(&p, end, &group) || group < 1 ||
-      group > 65535 || !jw_get_var(&p, end, &npts) || !jw_get_var(&p, end, &ns) ||
-      (int)ns != S.ns)
-    return JW_PLAN_CPU;
-  ng = (S.L.mcus_x + (int)group - 1) / (int)group;
-  if (npts != (uint64_t)S.L.mcus_y * ng + 1 || S.L.mcus_x < 2 || h <= 0 || w <= 0 || y < 0 ||
-      x < 0 || (long)y + h > S.L.height || (long)x + w > S.L.width)
-    return JW_PLAN_CPU;
-  jw_rows(&S.L, y, h, &r0, &r1);
-  g0 = x / S.L.mcu_w / (int)group;
-  g1 = (x + w - 1) / S.L.mcu_w / (int)group;
-  c0 = g0 * (int)group;
-  c1 = (g1 + 1) * (int)group - 1;
-  c1 = c1 >= S.L.mcus_x ? S.L.mcus_x - 1 : c1;
-  if (r1 - r0 + 1 == S.L.mcus_y && c1 - c0 + 1 == S.L.mcus_x) return JW_PLAN_CPU;
-  if ((c1 == S.L.mcus_x - 1 ? S.L.width - c0 * S.L.mcu_w : (c1 - c0 + 1) * S.L.mcu_w) +
-      S.L.mcu_w > 65535)
+  /* jw_index_decode's checks, in its order: the window at the index's points */
+  if (!jw_index_window(data, n0, body, blen, y, x, h, w, &W)) return JW_PLAN_CPU;
+  out = jw_plan_record(data, n0, &W, y, x, h, w, rec, cap);
+  jw_iwin_free(&W);
+  return out;
+}
+
+/* jpeg_window_plan's record of window W of data[0, n0). */
+static long jw_plan_record(const uint8_t *data, size_t n0, const struct jw_iwin *W, int y,
+                           int x, int h, int w, int32_t *rec, size_t cap) {
+  const struct jw_scan *S = &W->S;
+  const struct jw_huff *dc = W->dc;
+  struct jw_frame F;
+  size_t nbytes = 0, at;
+  int r0 = W->r0, c0 = W->c0, c1 = W->c1, g0 = W->g0, rows = W->rows, groups = W->groups,
+      group = W->group, k, ci, b, g, r, hmax, vmax, xal, ow, nseg, tq[4], val[4];
+  int32_t *segs;
+  uint8_t *bytes;
+  if ((c1 == S->L.mcus_x - 1 ? S->L.width - c0 * S->L.mcu_w : (c1 - c0 + 1) * S->L.mcu_w) +
+      S->L.mcu_w > 65535)
     return JW_PLAN_CPU;
   /* what the device needs on top: baseline 8-bit YCbCr (or grayscale), libjpeg's sampling */
-  if (!jw_frame_of(data, n0, &F) || F.precision != 8 || F.nf != S.ns || (S.ns != 1 && S.ns != 3))
+  if (!jw_frame_of(data, n0, &F) || F.precision != 8 || F.nf != S->ns || (S->ns != 1 && S->ns != 3))
     return JW_PLAN_CPU;
-  if (S.ns == 3 && !F.jfif && (F.adobe || (F.ids[0] == 'R' && F.ids[1] == 'G' && F.ids[2] == 'B')))
+  if (S->ns == 3 && !F.jfif && (F.adobe || (F.ids[0] == 'R' && F.ids[1] == 'G' && F.ids[2] == 'B')))
     return JW_PLAN_CPU;
-  for (ci = 0; ci < S.ns; ci++) {
-    const struct jw_table *t = &S.tables[0][S.td[ci]];
+  for (ci = 0; ci < S->ns; ci++) {
+    const struct jw_table *t = &S->tables[0][S->td[ci]];
     int total = 0;
     for (k = 1; k <= 16; k++) total += t->bits[k];
     for (k = 0; k < total; k++) if (t->vals[k] > 15) return JW_PLAN_CPU;
   }
   memset(rec, 0, 4 * (size_t)P_SEGS);
-  hmax = S.L.mcu_w / 8;
-  vmax = S.L.mcu_h / 8;
+  hmax = S->L.mcu_w / 8;
+  vmax = S->L.mcu_h / 8;
   /* jpeg_crop_scanline: the crop starts at the iMCU column, each component's width follows */
-  xal = x / S.L.mcu_w * S.L.mcu_w;
+  xal = x / S->L.mcu_w * S->L.mcu_w;
   ow = x + w - xal;
-  for (ci = 0; ci < S.ns; ci++) {
+  for (ci = 0; ci < S->ns; ci++) {
     int32_t *c = rec + P_COMP + 8 * ci;
-    int blocks = ci + 1 < S.ns ? S.first[ci + 1] - S.first[ci] : S.nb - S.first[ci];
+    int blocks = ci + 1 < S->ns ? S->first[ci + 1] - S->first[ci] : S->nb - S->first[ci];
     int hs = 1, vs = 1, full_w, crop_w;
-    if (S.ns > 1) { /* component ci of the scan is frame component ids[j] */
-      const uint8_t *sof = data + S.L.sof + 10, *sos = data + S.sos + 5;
+    if (S->ns > 1) { /* component ci of the scan is frame component ids[j] */
+      const uint8_t *sof = data + S->L.sof + 10, *sos = data + S->sos + 5;
       for (k = 0; k < F.nf && sof[3 * k] != sos[2 * ci]; k++) {}
       if (k == F.nf) return JW_PLAN_CPU;
       hs = sof[3 * k + 1] >> 4;
@@ -180,62 +172,46 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
       if (F.tq[0] > 3 || !F.qdef[F.tq[0]]) return JW_PLAN_CPU;
       tq[ci] = F.tq[0];
     }
-    full_w = (int)(((long)S.L.width * hs + hmax - 1) / hmax);
+    full_w = (int)(((long)S->L.width * hs + hmax - 1) / hmax);
     crop_w = (int)(((long)ow * hs + hmax - 1) / hmax);
     c[P_C_HS] = hs;
     c[P_C_VS] = vs;
     c[P_C_UP] = jw_upsampling(hs, vs, hmax, vmax, full_w);
     c[P_C_CW] = crop_w;
-    c[P_C_CH] = (int)(((long)S.L.height * vs + vmax - 1) / vmax);
-    c[P_C_FIRST] = S.first[ci];
+    c[P_C_CH] = (int)(((long)S->L.height * vs + vmax - 1) / vmax);
+    c[P_C_FIRST] = S->first[ci];
     if (c[P_C_UP] < 0 || crop_w < 2) return JW_PLAN_CPU;
     for (k = 0; k < 64; k++) { /* jddctmgr.c: (IFAST_MULT_TYPE)DESCALE(q * aanscale, 12) */
       int32_t m = (int32_t)(((int64_t)F.q[tq[ci]][k] * aanscales[k] + 2048) >> 12);
       rec[P_QT + 64 * ci + k] = (int16_t)m;
     }
     for (b = 0; b < 2; b++) {
-      const struct jw_table *t = &S.tables[b][b ? S.ta[ci] : S.td[ci]];
+      const struct jw_table *t = &S->tables[b][b ? S->ta[ci] : S->td[ci]];
       int32_t *slot = rec + P_HUFF + (2 * ci + b) * P_HUFFW;
       for (k = 0; k < 16; k++) slot[k] = t->bits[k + 1];
       for (k = 0; k < 256; k++) slot[16 + k] = t->vals[k];
     }
   }
-  for (b = 0; b < S.nb; b++) rec[P_COMPOF + b] = S.comp_of[b];
-  rows = r1 - r0 + 1;
-  groups = g1 - g0 + 1;
+  for (b = 0; b < S->nb; b++) rec[P_COMPOF + b] = S->comp_of[b];
   nseg = rows * groups;
   at = 4 * ((size_t)P_SEGS + (size_t)P_SEGW * nseg);
   if (at > cap) return JW_PLAN_CPU;
   segs = rec + P_SEGS;
   memset(segs, 0, 4 * (size_t)P_SEGW * nseg);
-  /* walk the points: point (r, g) = r * ng + g starts group g of row r, and the next point
-   * ends it; (r, g1 + 1) may also be (r + 1, 0). Positions: bits into the entropy data. */
-  for (k = 0; k <= r1 * ng + g1 + 1; k++) {
-    int rr;
-    if (!jw_get_var(&p, end, &v)) return JW_PLAN_CPU;
-    pos += v;
-    for (ci = 0; ci < S.ns; ci++) {
-      if (!jw_get_var(&p, end, &v)) return JW_PLAN_CPU;
-      pred[ci] += jw_unzig(v);
-      if (pred[ci] > 65535 || pred[ci] < -65535) return JW_PLAN_CPU;
-    }
-    if (pos > 0x7fffffff) return JW_PLAN_CPU;
-    for (rr = (k - g0) / ng - 1 - r0; k >= g0 && rr <= (k - g0) / ng - r0; rr++) {
-      int gi = k - g0 - (r0 + rr) * ng;   /* rr: the row relative to r0 */
-      if (rr < 0 || rr >= rows || gi < 0 || gi > groups) continue;
-      if (gi < groups) {
-        int32_t *sg = segs + P_SEGW * (rr * groups + gi);
-        sg[0] = rr;
-        sg[1] = (g0 + gi) * (int)group - c0;
-        sg[2] = (g0 + gi + 1) * (int)group > S.L.mcus_x ? S.L.mcus_x - (g0 + gi) * (int)group
-                                                         : (int)group;
-        sg[3] = (int32_t)pos;
-        for (ci = 0; ci < S.ns; ci++) sg[5 + ci] = (int32_t)pred[ci];
-      }
-      if (gi > 0) {
-        int32_t *sg = segs + P_SEGW * (rr * groups + gi - 1);
-        sg[4] = (int32_t)pos;
-        for (ci = 0; ci < S.ns; ci++) sg[8 + ci] = (int32_t)pred[ci];
+  /* each group's segment: point (r, gi) starts it and (r, gi + 1) ends it. Positions: bits
+   * into the entropy data. */
+  for (r = 0; r < rows; r++) {
+    for (g = 0; g < groups; g++) {
+      int32_t *sg = segs + P_SEGW * (r * groups + g);
+      if (jw_iw_pos(W, r, g + 1) > 0x7fffffff) return JW_PLAN_CPU;
+      sg[0] = r;
+      sg[1] = (g0 + g) * group - c0;
+      sg[2] = (g0 + g + 1) * group > S->L.mcus_x ? S->L.mcus_x - (g0 + g) * group : group;
+      sg[3] = (int32_t)jw_iw_pos(W, r, g);
+      sg[4] = (int32_t)jw_iw_pos(W, r, g + 1);
+      for (ci = 0; ci < S->ns; ci++) {
+        sg[5 + ci] = (int32_t)jw_iw_pred(W, r, g)[ci];
+        sg[8 + ci] = (int32_t)jw_iw_pred(W, r, g + 1)[ci];
       }
     }
   }
@@ -243,20 +219,20 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
   for (r = 0; r < rows; r++) {
     size_t a = (size_t)segs[P_SEGW * r * groups + 3],
            e = (size_t)segs[P_SEGW * (r * groups + groups - 1) + 4], i = a >> 3;
-    if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S.L.entropy) ||
+    if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S->L.entropy) ||
         (r && a < (size_t)segs[P_SEGW * ((r - 1) * groups + groups - 1) + 4]))
       return JW_PLAN_CPU;
-    for (ci = 0; ci < S.ns; ci++) {
+    for (ci = 0; ci < S->ns; ci++) {
       int64_t v64 = segs[P_SEGW * r * groups + 5 + ci] -
                     (r ? segs[P_SEGW * ((r - 1) * groups + groups - 1) + 8 + ci] : 0);
       if (v64 > 65535 || v64 < -65535) return JW_PLAN_CPU;
       val[ci] = (int)v64;
     }
-    for (b = 0; b < S.nb; b++) {
-      int s = b == S.first[S.comp_of[b]] ? jw_category(val[S.comp_of[b]]) : 0;
-      if (s > 15 || !dc[S.td[S.comp_of[b]]].size[s]) return JW_PLAN_CPU;
+    for (b = 0; b < S->nb; b++) {
+      int s = b == S->first[S->comp_of[b]] ? jw_category(val[S->comp_of[b]]) : 0;
+      if (s > 15 || !dc[S->td[S->comp_of[b]]].size[s]) return JW_PLAN_CPU;
     }
-    if (a & 7) i += data[S.L.entropy + i] == 0xFF ? 2 : 1;
+    if (a & 7) i += data[S->L.entropy + i] == 0xFF ? 2 : 1;
     if (i > (e >> 3)) return JW_PLAN_CPU;
   }
   /* copy each row's bytes (from its first point's byte to its last point's) after the
@@ -266,9 +242,9 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
     int32_t *sg = segs + P_SEGW * r * groups;
     size_t a = (size_t)sg[3] >> 3, e = ((size_t)sg[P_SEGW * (groups - 1) + 4] >> 3) + 1;
     int64_t shift;
-    e = e > n0 - S.L.entropy ? n0 - S.L.entropy : e;
+    e = e > n0 - S->L.entropy ? n0 - S->L.entropy : e;
     if (at + nbytes + (e - a) > cap) return JW_PLAN_CPU;
-    memcpy(bytes + nbytes, data + S.L.entropy + a, e - a);
+    memcpy(bytes + nbytes, data + S->L.entropy + a, e - a);
     shift = 8 * ((int64_t)nbytes - (int64_t)a);
     for (g = 0; g < groups; g++, sg += P_SEGW) {
       sg[3] = (int32_t)(sg[3] + shift);
@@ -277,9 +253,9 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
     nbytes += e - a;
   }
   rec[P_STATUS] = 1;
-  rec[P_HEIGHT] = S.L.height;
-  rec[P_WIDTH] = S.L.width;
-  rec[P_NC] = S.ns;
+  rec[P_HEIGHT] = S->L.height;
+  rec[P_WIDTH] = S->L.width;
+  rec[P_NC] = S->ns;
   rec[P_HMAX] = hmax;
   rec[P_VMAX] = vmax;
   rec[P_Y] = y;
@@ -294,9 +270,9 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
   rec[P_NBYTES] = (int32_t)nbytes;
   rec[P_BYTES_AT] = (int32_t)at;
   rec[P_XAL] = xal;
-  rec[P_NB] = S.nb;
-  rec[P_MCUW] = S.L.mcu_w;
-  rec[P_MCUH] = S.L.mcu_h;
+  rec[P_NB] = S->nb;
+  rec[P_MCUW] = S->L.mcu_w;
+  rec[P_MCUH] = S->L.mcu_h;
   rec[P_TOTAL] = (int32_t)((at + nbytes + 3) & ~(size_t)3);
   return rec[P_TOTAL];
 }

@@ -1,6 +1,7 @@
 /* vit_speedrun/jpeg/scan.c: reading a baseline JPEG's single scan (markers, Huffman tables,
  * MCUs) and the window index's varints and footer; shared by window.c (the CPU decode) and
  * plan.c (what the device decoder is given). Everything here reads only inside its bounds. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "scan.h"
@@ -253,4 +254,74 @@ size_t jw_index_of(const uint8_t *d, size_t n, const uint8_t **body, size_t *ble
   *body = d + n - 16 - len;
   *blen = len;
   return jw_fnv(*body, len) == jw_le32(d + n - 12) ? n - 16 - len : 0;
+}
+
+/* 1 and W (its points allocated: jw_iwin_free) when the window of this indexed file can be
+ * cut at its index points, 0 otherwise: the checks that window.c's index path and plan.c
+ * both make, in one order. data[0, n0) is the JPEG, body[0, blen) its index. */
+int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen, int y,
+                    int x, int h, int w, struct jw_iwin *W) {
+  struct jw_scan *S = &W->S;
+  const uint8_t *p = body, *end = body + blen;
+  uint64_t v, group, npts, ns;
+  int64_t pred[4] = {0};
+  size_t pos = 0;
+  int k, ci, rr, ng;
+  W->pos = NULL;
+  W->pred = NULL;
+  if (!jw_parse(data, n0, S) || S->dri != 0 || !jw_huffs(S, W->dc, W->ac, 0) ||
+      !jw_fillers(&W->ac[S->ta[0]], W->plan))
+    return 0;
+  for (ci = 0; ci < S->ns; ci++) if (!W->ac[S->ta[ci]].size[0]) return 0; /* no EOB */
+  if (!jw_get_var(&p, end, &v) || v != 1 || !jw_get_var(&p, end, &group) || group < 1 ||
+      group > 65535 || !jw_get_var(&p, end, &npts) || !jw_get_var(&p, end, &ns) ||
+      (int)ns != S->ns)
+    return 0;
+  W->group = (int)group;
+  W->ng = ng = (S->L.mcus_x + W->group - 1) / W->group;
+  /* mcus_x >= 2: the original's chroma is wide enough for the fancy upsampler, as the
+   * smaller image's always is (libjpeg picks it by width) */
+  if (npts != (uint64_t)S->L.mcus_y * ng + 1 || S->L.mcus_x < 2 || h <= 0 || w <= 0 || y < 0 ||
+      x < 0 || (long)y + h > S->L.height || (long)x + w > S->L.width)
+    return 0;
+  jw_rows(&S->L, y, h, &W->r0, &W->r1); /* as the restart path */
+  W->g0 = x / S->L.mcu_w / W->group;
+  W->g1 = (x + w - 1) / S->L.mcu_w / W->group;
+  W->c0 = W->g0 * W->group;
+  W->c1 = (W->g1 + 1) * W->group - 1;
+  W->c1 = W->c1 >= S->L.mcus_x ? S->L.mcus_x - 1 : W->c1;
+  if (W->r1 - W->r0 + 1 == S->L.mcus_y && W->c1 - W->c0 + 1 == S->L.mcus_x) return 0;
+  W->rows = W->r1 - W->r0 + 1;
+  W->groups = W->g1 - W->g0 + 1;
+  W->pos = malloc((size_t)W->rows * (W->groups + 1) * (sizeof(size_t) + 4 * sizeof(int64_t)));
+  if (!W->pos) return 0;
+  W->pred = (int64_t *)(W->pos + (size_t)W->rows * (W->groups + 1));
+  /* walk the points up to the last one needed: point (r, g) = r * ng + g starts group g of
+   * row r and the next point ends it; (r, g1 + 1) may also be (r + 1, 0) */
+  for (k = 0; k <= W->r1 * ng + W->g1 + 1; k++) {
+    if (!jw_get_var(&p, end, &v)) goto fail;
+    pos += v;
+    for (ci = 0; ci < S->ns; ci++) {
+      if (!jw_get_var(&p, end, &v)) goto fail;
+      pred[ci] += jw_unzig(v);
+      if (pred[ci] > 65535 || pred[ci] < -65535) goto fail;
+    }
+    for (rr = (k - W->g0) / ng - 1 - W->r0; k >= W->g0 && rr <= (k - W->g0) / ng - W->r0; rr++) {
+      int gi = k - W->g0 - (W->r0 + rr) * ng; /* rr: the row relative to r0 */
+      size_t at = (size_t)rr * (W->groups + 1) + gi;
+      if (rr < 0 || rr >= W->rows || gi < 0 || gi > W->groups) continue;
+      W->pos[at] = pos;
+      memcpy(W->pred + 4 * at, pred, sizeof(pred));
+    }
+  }
+  return 1;
+fail:
+  jw_iwin_free(W);
+  return 0;
+}
+
+void jw_iwin_free(struct jw_iwin *W) {
+  free(W->pos);
+  W->pos = NULL;
+  W->pred = NULL;
 }

@@ -43,4 +43,27 @@ int64_t jw_unzig(uint64_t v);
 size_t jw_index_of(const uint8_t *d, size_t n, const uint8_t **body, size_t *blen);
 uint32_t jw_le32(const uint8_t *p);
 
+/* A window (y, x, h, w) of an indexed file as the index cuts it (jw_index_window): MCU rows
+ * r0..r1, each from group g0's first MCU column c0 to group g1's last, c1; and the index's
+ * points (bit position into the entropy data, DC predictors) at the start of each of the
+ * groups g0..g1 of each of those rows and at the end of its last one. */
+struct jw_iwin {
+  struct jw_scan S;
+  struct jw_huff dc[4], ac[4];
+  uint8_t plan[8][8]; /* jw_fillers' of the first component's AC table */
+  int group, ng, r0, r1, g0, g1, c0, c1, rows, groups;
+  size_t *pos;    /* [rows][groups + 1]; free with jw_iwin_free */
+  int64_t *pred;  /* [rows][groups + 1][4] */
+};
+int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen, int y,
+                    int x, int h, int w, struct jw_iwin *W);
+void jw_iwin_free(struct jw_iwin *W);
+/* point gi (0..groups) of row rr (0..rows - 1): its bit position and its predictors */
+static inline size_t jw_iw_pos(const struct jw_iwin *W, int rr, int gi) {
+  return W->pos[(size_t)rr * (W->groups + 1) + gi];
+}
+static inline const int64_t *jw_iw_pred(const struct jw_iwin *W, int rr, int gi) {
+  return W->pred + 4 * ((size_t)rr * (W->groups + 1) + gi);
+}
+
 #endif

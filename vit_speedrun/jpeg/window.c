@@ -269,112 +269,65 @@ static void jw_emit(struct jw_out *w, uint32_t v, int len) { /* len <= 16 */
  * Huffman decoder stops at every marker. */
 static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen,
                            int y, int x, int h, int w, uint8_t *out, int out_stride) {
-  struct jw_scan S;
-  struct jw_huff dc[4], ac[4];
+  struct jw_iwin W;
+  const struct jw_scan *S = &W.S;
+  const struct jw_huff *dc = W.dc, *ac = W.ac;
   struct jw_out o;
-  const uint8_t *p, *end, *d;
-  size_t pos = 0, *spos = NULL, *epos, need;
-  uint64_t v, group, npts, ns;
-  int64_t *spred, *epred, pred[4] = {0};
-  int r0, r1, c0, c1, g0, g1, ng, rows, sub_h, sub_w, r, k, ci, b,
-      code = JW_NOINDEX;
-  uint8_t plan[8][8], *sub = NULL;
-  if (!jw_parse(data, n0, &S) || S.dri != 0 || !jw_huffs(&S, dc, ac, 0) ||
-      !jw_fillers(&ac[S.ta[0]], plan))
-    return JW_NOINDEX;
-  for (ci = 0; ci < S.ns; ci++) if (!ac[S.ta[ci]].size[0]) return JW_NOINDEX; /* no EOB */
-  p = body;
-  end = body + blen;
-  if (!jw_get_var(&p, end, &v) || v != 1 || !jw_get_var(&p, end, &group) || group < 1 ||
-      group > 65535 || !jw_get_var(&p, end, &npts) || !jw_get_var(&p, end, &ns) ||
-      (int)ns != S.ns)
-    return JW_NOINDEX;
-  ng = (S.L.mcus_x + (int)group - 1) / (int)group;
-  /* mcus_x >= 2: the original's chroma is wide enough for the fancy upsampler, as the
-   * smaller image's always is (libjpeg picks it by width) */
-  if (npts != (uint64_t)S.L.mcus_y * ng + 1 || S.L.mcus_x < 2 || h <= 0 || w <= 0 || y < 0 ||
-      x < 0 || (long)y + h > S.L.height || (long)x + w > S.L.width)
-    return JW_NOINDEX;
-  jw_rows(&S.L, y, h, &r0, &r1); /* as the restart path */
-  g0 = x / S.L.mcu_w / (int)group;
-  g1 = (x + w - 1) / S.L.mcu_w / (int)group;
-  c0 = g0 * (int)group;
-  c1 = (g1 + 1) * (int)group - 1;
-  c1 = c1 >= S.L.mcus_x ? S.L.mcus_x - 1 : c1;
-  if (r1 - r0 + 1 == S.L.mcus_y && c1 - c0 + 1 == S.L.mcus_x) return JW_NOINDEX;
-  rows = r1 - r0 + 1;
-  if (!(spos = malloc((size_t)rows * (2 * sizeof(size_t) + 8 * sizeof(int64_t)))))
-    return JW_NOINDEX;
-  epos = spos + rows;
-  spred = (int64_t *)(epos + rows);
-  epred = spred + 4 * rows;
-  /* walk the points up to the last one needed: point k = r * ng + g; (r, g0) starts row
-   * r's segment and (r, g1 + 1) ends it (the last point is the end of the scan) */
-  for (k = 0; k <= r1 * ng + g1 + 1; k++) {
-    if (!jw_get_var(&p, end, &v)) goto done;
-    pos += v;
-    for (ci = 0; ci < S.ns; ci++) {
-      if (!jw_get_var(&p, end, &v)) goto done;
-      pred[ci] += jw_unzig(v);
-      if (pred[ci] > 65535 || pred[ci] < -65535) goto done;
-    }
-    if (k / ng >= r0 && k / ng <= r1 && k % ng == g0) {
-      spos[k / ng - r0] = pos;
-      memcpy(spred + 4 * (k / ng - r0), pred, sizeof(pred));
-    }
-    if (k > g1 && (k - g1 - 1) % ng == 0 && (k - g1 - 1) / ng >= r0 && (k - g1 - 1) / ng <= r1) {
-      epos[(k - g1 - 1) / ng - r0] = pos;
-      memcpy(epred + 4 * ((k - g1 - 1) / ng - r0), pred, sizeof(pred));
-    }
-  }
-  need = S.L.entropy + 4; /* + the last byte (and its stuffed zero), EOI */
+  const uint8_t *d;
+  size_t need;
+  int r0, r1, c0, c1, rows, G, sub_h, sub_w, r, ci, b, code = JW_NOINDEX;
+  uint8_t *sub = NULL;
+  if (!jw_index_window(data, n0, body, blen, y, x, h, w, &W)) return JW_NOINDEX;
+  r0 = W.r0, r1 = W.r1, c0 = W.c0, c1 = W.c1, rows = W.rows, G = W.groups;
+  need = S->L.entropy + 4; /* + the last byte (and its stuffed zero), EOI */
   for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order, >= 2 bytes */
-    if ((epos[r] >> 3) <= (spos[r] >> 3) || epos[r] > 8 * (n0 - S.L.entropy) ||
-        (r && spos[r] < epos[r - 1]))
+    size_t a = jw_iw_pos(&W, r, 0), e = jw_iw_pos(&W, r, G);
+    if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S->L.entropy) ||
+        (r && a < jw_iw_pos(&W, r - 1, G)))
       goto done;
     /* the segment with its first byte stuffed, then the lead MCU (10 blocks of DC and
      * EOB, 7 fillers, and up to 7 bits left by the row before: at most 659 bits, under 96
      * bytes) stuffed */
-    need += (epos[r] >> 3) - (spos[r] >> 3) + 2 + 2 * 96;
+    need += (e >> 3) - (a >> 3) + 2 + 2 * 96;
   }
   if (!(sub = malloc(need + JW_PAD))) goto done;
-  memcpy(sub, data, S.L.entropy); /* the header, with the smaller size */
-  sub_h = r1 == S.L.mcus_y - 1 ? S.L.height - r0 * S.L.mcu_h : rows * S.L.mcu_h;
-  sub_w = (c1 == S.L.mcus_x - 1 ? S.L.width - c0 * S.L.mcu_w : (c1 - c0 + 1) * S.L.mcu_w) +
-          S.L.mcu_w;
+  memcpy(sub, data, S->L.entropy); /* the header, with the smaller size */
+  sub_h = r1 == S->L.mcus_y - 1 ? S->L.height - r0 * S->L.mcu_h : rows * S->L.mcu_h;
+  sub_w = (c1 == S->L.mcus_x - 1 ? S->L.width - c0 * S->L.mcu_w : (c1 - c0 + 1) * S->L.mcu_w) +
+          S->L.mcu_w;
   if (sub_w > 65535) goto done;
-  sub[S.L.sof + 5] = (uint8_t)(sub_h >> 8); sub[S.L.sof + 6] = (uint8_t)sub_h;
-  sub[S.L.sof + 7] = (uint8_t)(sub_w >> 8); sub[S.L.sof + 8] = (uint8_t)sub_w;
+  sub[S->L.sof + 5] = (uint8_t)(sub_h >> 8); sub[S->L.sof + 6] = (uint8_t)sub_h;
+  sub[S->L.sof + 7] = (uint8_t)(sub_w >> 8); sub[S->L.sof + 8] = (uint8_t)sub_w;
   o.o = sub;
-  o.n = S.L.entropy;
+  o.n = S->L.entropy;
   o.acc = 0;
   o.nb = 0;
-  d = data + S.L.entropy;
+  d = data + S->L.entropy;
   for (r = 0; r < rows; r++) { /* one scan: each row's lead MCU, then its segment */
-    size_t a = spos[r], e = epos[r], i = a >> 3;
+    size_t a = jw_iw_pos(&W, r, 0), e = jw_iw_pos(&W, r, G), i = a >> 3;
     int t = (int)(a & 7), len = o.nb, s, f, fill, val[4];
     /* the lead MCU's DC differences take the predictors from where the previous row's
      * segment ended (zero at the start) to where this one starts */
-    for (ci = 0; ci < S.ns; ci++) {
-      int64_t v64 = spred[4 * r + ci] - (r ? epred[4 * (r - 1) + ci] : 0);
+    for (ci = 0; ci < S->ns; ci++) {
+      int64_t v64 = jw_iw_pred(&W, r, 0)[ci] - (r ? jw_iw_pred(&W, r - 1, G)[ci] : 0);
       if (v64 > 65535 || v64 < -65535) goto done;
       val[ci] = (int)v64;
     }
-    for (b = 0; b < S.nb; b++) {
-      const struct jw_huff *hd = &dc[S.td[S.comp_of[b]]], *ha = &ac[S.ta[S.comp_of[b]]];
-      s = b == S.first[S.comp_of[b]] ? jw_category(val[S.comp_of[b]]) : 0;
+    for (b = 0; b < S->nb; b++) {
+      const struct jw_huff *hd = &dc[S->td[S->comp_of[b]]], *ha = &ac[S->ta[S->comp_of[b]]];
+      s = b == S->first[S->comp_of[b]] ? jw_category(val[S->comp_of[b]]) : 0;
       if (s > 15 || !hd->size[s]) goto done;
       len += hd->size[s] + s + ha->size[0];
     }
     fill = ((t - len) % 8 + 8) % 8; /* so that it ends t bits into a byte */
-    for (b = 0; b < S.nb; b++) {
-      const struct jw_huff *hd = &dc[S.td[S.comp_of[b]]], *ha = &ac[S.ta[S.comp_of[b]]];
-      int v = b == S.first[S.comp_of[b]] ? val[S.comp_of[b]] : 0;
+    for (b = 0; b < S->nb; b++) {
+      const struct jw_huff *hd = &dc[S->td[S->comp_of[b]]], *ha = &ac[S->ta[S->comp_of[b]]];
+      int v = b == S->first[S->comp_of[b]] ? val[S->comp_of[b]] : 0;
       s = jw_category(v);
       jw_emit(&o, hd->code[s], hd->size[s]);
       if (s) jw_emit(&o, (uint32_t)(v < 0 ? v - 1 : v), s);
-      for (f = 0; b == 0 && plan[fill][f]; f++) {
-        s = plan[fill][f];
+      for (f = 0; b == 0 && W.plan[fill][f]; f++) {
+        s = W.plan[fill][f];
         jw_emit(&o, ha->code[s], ha->size[s]);
         jw_emit(&o, (1u << s) - 1, s);
       }
@@ -398,10 +351,10 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
   o.o[o.n++] = 0xFF;
   o.o[o.n++] = 0xD9;
   memset(sub + o.n, 0, JW_PAD);
-  code = jw_decode(sub, o.n + JW_PAD, y - r0 * S.L.mcu_h, x - c0 * S.L.mcu_w + S.L.mcu_w, h, w, out,
-                   out_stride);
+  code = jw_decode(sub, o.n + JW_PAD, y - r0 * S->L.mcu_h, x - c0 * S->L.mcu_w + S->L.mcu_w, h,
+                   w, out, out_stride);
 done:
-  free(spos);
+  jw_iwin_free(&W);
   free(sub);
   return code;
 }
