@@ -354,10 +354,11 @@ class Trainer:
         """The run's folder and console (report.RunLog) and, on rank 0, the trackers asked
         for (train/trackers.py); rank 0 prints the plan of the run and a warning if it ends
         inside the warmup."""
+        config = self.config_dict()
         sinks = trackers.open_trackers(
-            self.folder, self.config_dict(), self.step, tensorboard=tensorboard, wandb=wandb,
+            self.folder, config, self.step, tensorboard=tensorboard, wandb=wandb,
             wandb_project=wandb_project, wandb_name=wandb_name) if self.is_main else []
-        self.run_log = report.RunLog(self.folder, self.config_dict(), self.step, self.stop_step,
+        self.run_log = report.RunLog(self.folder, config, self.step, self.stop_step,
                                      self.is_main, progress, sinks)
         if self.is_main:
             n_params = sum(p.numel() for p in self.params)

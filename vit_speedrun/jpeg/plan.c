@@ -203,7 +203,8 @@ static long jw_plan_record(const uint8_t *data, size_t n0, const struct jw_iwin 
   for (r = 0; r < rows; r++) {
     for (g = 0; g < groups; g++) {
       int32_t *sg = segs + P_SEGW * (r * groups + g);
-      if (jw_iw_pos(W, r, g + 1) > 0x7fffffff) return JW_PLAN_CPU;
+      if (jw_iw_pos(W, r, g) > 0x7fffffff || jw_iw_pos(W, r, g + 1) > 0x7fffffff)
+        return JW_PLAN_CPU;
       sg[0] = r;
       sg[1] = (g0 + g) * group - c0;
       sg[2] = (g0 + g + 1) * group > S->L.mcus_x ? S->L.mcus_x - (g0 + g) * group : group;

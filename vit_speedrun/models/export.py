@@ -138,11 +138,15 @@ def _timm_state(model):
     return {k: v.detach().float().cpu().contiguous() for k, v in sd.items()}
 
 
-def _timm_model(args, rep_size, num_classes):
+def _timm_model(args, rep_size, num_classes, posemb):
+    """timm's VisionTransformer of args, with big_vision's pre-logits head when rep_size,
+    and its pos_embed frozen when it holds the fixed sin-cos table."""
     timm_vit = _require("timm.models.vision_transformer", "a timm export", "timm")
     m = timm_vit.VisionTransformer(**args)
     if rep_size:
         m.head = _timm_head(rep_size, args["embed_dim"], num_classes)
+    if posemb == "sincos2d":
+        m.pos_embed.requires_grad_(False)
     return m
 
 
@@ -150,10 +154,8 @@ def to_timm(model):
     """A timm VisionTransformer computing what `model` computes (float32, eval mode)."""
     if not model.num_classes:
         raise ExportError("to_timm: the model has no head (num_classes 0)")
-    m = _timm_model(timm_args(model), model.rep_size, model.num_classes)
+    m = _timm_model(timm_args(model), model.rep_size, model.num_classes, model.posemb)
     m.load_state_dict(_timm_state(model))
-    if model.posemb == "sincos2d":
-        m.pos_embed.requires_grad_(False)   # a fixed table in big_vision
     return m.eval()
 
 
@@ -194,8 +196,7 @@ def load_timm(folder):
     except (OSError, ValueError) as e:
         raise ExportError(f"{folder}: not an export_vit.py --to timm folder ({e})") from None
     st = _require("safetensors.torch", "loading a timm export", "safetensors")
-    m = _timm_model(config["model_args"], ours["pre_logits"], config["num_classes"])
+    m = _timm_model(config["model_args"], ours["pre_logits"], config["num_classes"],
+                    ours["posemb"])
     m.load_state_dict(st.load_file(str(folder / "model.safetensors")))
-    if ours["posemb"] == "sincos2d":
-        m.pos_embed.requires_grad_(False)
     return m.eval(), ours["classes"]

@@ -257,16 +257,15 @@ def load_model(path, device="cpu", variant="S/16"):
         raise CheckpointError(f"{path}: no such checkpoint (a train_vit.py logging.folder, its "
                               f"checkpoint.pt, an export_vit.py .safetensors, or a big_vision "
                               f".npz)")
-    if path.suffix == ".safetensors":
-        from vit_speedrun.models import export
-        model, classes = export.load_safetensors(path)
+    if path.suffix in (".safetensors", ".npz"):   # no run config: the recipe's eval crop
+        if path.suffix == ".safetensors":
+            from vit_speedrun.models import export
+            model, classes = export.load_safetensors(path)
+        else:
+            model, classes = vit.from_big_vision(path, variant), []
         return model.to(device).eval(), classes, {"model.variant": model.variant,
                                                   "model.img_size": model.img_size[0],
                                                   "eval.crop_ratio": 224 / 256}
-    if path.suffix == ".npz":
-        model = vit.from_big_vision(path, variant)
-        return model.to(device).eval(), [], {"model.variant": variant, "model.img_size":
-                                             model.img_size[0], "eval.crop_ratio": 224 / 256}
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state, config = ckpt["model"], ckpt["config"]

@@ -223,10 +223,10 @@ class RunLog:
         log = read_log(self.path)
         plot(log, self.folder / "curves.png")
         result = summary(folder=self.folder, log=log, **figures)
-        write_atomic(self.folder / "summary.json",
-                     json.dumps(finite_json(result), indent=2, allow_nan=False))
+        clean = finite_json(result)
+        write_atomic(self.folder / "summary.json", json.dumps(clean, indent=2, allow_nan=False))
         for tracker in self.trackers:
-            tracker.finish(finite_json(result))
+            tracker.finish(clean)
         self.print(summary_text(result))
 
     def close(self):

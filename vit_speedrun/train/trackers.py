@@ -10,9 +10,9 @@ A resumed run continues the same axis: TensorBoard's writer purges what the last
 logged after its last checkpoint (as log.jsonl is cut back to it), and W&B resumes the run
 whose id the first session wrote to logging.folder/wandb_run_id. W&B keeps a history that
 only grows: steps an interrupted session logged after its last checkpoint stay, and the
-resumed session's records for those steps are skipped when W&B reports them as logged
-(online; an offline run's are merged by `wandb sync`, which keeps the first). The resume is
-exact, so the two agree but for the speed figures.
+resumed session skips its records for the steps W&B says it already holds (run.step, known
+online; offline, each session is a file of its own that `wandb sync` sends to the one run).
+The resume is exact, so the two agree but for the speed figures.
 """
 import importlib.util
 import json
@@ -21,6 +21,7 @@ import secrets
 from pathlib import Path
 
 from vit_speedrun.cli import ConfigError
+from vit_speedrun.train.report import write_atomic
 
 WANDB_ID_FILE = "wandb_run_id"
 INSTALL = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
@@ -87,7 +88,7 @@ class WandB:
             run_id = id_file.read_text().strip()
         else:   # a fresh run (or one that never reached a checkpoint): a new W&B run
             run_id = secrets.token_hex(4)
-            id_file.write_text(run_id + "\n")
+            write_atomic(id_file, run_id + "\n")
         self.run = wandb.init(project=project, name=name or Path(folder).resolve().name,
                               id=run_id, resume="allow", dir=str(folder), config=config)
         self.logged_to = self.run.step   # W&B's next step: online, what it already holds
