@@ -17,17 +17,14 @@ import numpy as np
 import torch
 
 from vit_speedrun.cli import model_parser
-
-IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
-
+from vit_speedrun.data.images import is_image_name, load_rgb
 
 def image_files(paths):
     """The image files among paths, folders expanded (sorted); raises on a missing path."""
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES
-                          and not f.name.startswith("."))
+            out += sorted(f for f in p.rglob("*") if is_image_name(f.name))
         elif p.is_file():
             out.append(p)
         else:
@@ -37,9 +34,8 @@ def image_files(paths):
 
 def preprocess(path, img_size=224, crop_ratio=224 / 256):
     """float32 [3, img_size, img_size] in [-1, 1]: big_vision's eval preprocessing."""
-    import write_ffcv
     from vit_speedrun.pp import ffcv_ops, tf_image
-    pixels = np.ascontiguousarray(write_ffcv.load_rgb(path))
+    pixels = np.ascontiguousarray(load_rgb(path))
     out = np.empty((img_size, img_size, 3), np.uint8)
     tf_image.resize_small_central_crop(pixels, round(img_size / crop_ratio), out)
     return torch.from_numpy(ffcv_ops.value_range()[out]).permute(2, 0, 1)

@@ -59,17 +59,16 @@ from fastargs.validation import And, InRange, OneOf
 from PIL import Image
 
 from vit_speedrun.data.betons import ConversionError, check_beton, read_sidecar  # noqa: F401
+from vit_speedrun.data.images import IMAGE_SUFFIXES, JPEG_SOI, image_names, load_rgb
 
 REAL_MAX = 16          # longest ReaL label set we store ('real' field, padded with -1)
 SPLITS = ('train', 'minival', 'val', 'v2')
-IMAGE_SUFFIXES = {'.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp'}
 # Storage defaults, every split: the reference's own bytes (see the module docstring);
 # jpeg_quality and compress_probability only matter for the jpg/proportion options.
 DEFAULTS = dict(max_resolution=None, write_mode='original', jpeg_quality=95,
                 compress_probability=0.5, chunk_size=100, window_index=None)
 INDEX_SPAN = 32   # window_index in the train split unless given (README: speed against size)
 BYTE_MODES = ('original', 'restart')   # the JPEG's own bytes (or its lossless transcode)
-JPEG_SOI = b'\xff\xd8'
 CONVERTED_RAW, CONVERTED_JPEG = 1, 2   # ImageSet.converted codes (0: stored as given)
 
 def declare_options():
@@ -121,18 +120,6 @@ def declare_options():
                        ' (costs a second pass) instead of failing', default=0),
         overwrite=Param(And(int, OneOf([0, 1])), '1: replace an existing write_path', default=0),
     )
-
-
-def load_rgb(path):
-    """uint8 HxWx3 pixels of any image file (the content decides, not the suffix): JPEGs
-    as TF decodes them (jpeg_window: libjpeg IFAST; grayscale replicated, CMYK by TF's
-    rule), anything else through PIL's RGB conversion."""
-    data = np.fromfile(path, np.uint8)
-    if data[:2].tobytes() == JPEG_SOI:
-        from vit_speedrun.jpeg import window as jpeg_window
-        return jpeg_window.decode(data)
-    with Image.open(path) as image:
-        return np.asarray(image.convert('RGB'))
 
 
 def with_index(data, pixels, span):
@@ -268,15 +255,13 @@ def scan(data_dir, split, classes=None):
         label_of = {f: index[f] for f in folders}
     paths, labels, ignored = [], [], 0
     for folder in sorted(folders, key=label_of.get):
-        with os.scandir(root / folder) as entries:   # scandir: no stat per file
-            files = sorted(e.name for e in entries if e.is_file())
-        images = [root / folder / f for f in files if not f.startswith('.')
-                  and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
+        names, others = image_names(root / folder)
+        images = [root / folder / f for f in names]
         if not images:
             raise ConversionError(f'{root / folder}: class folder holds no images '
                                   f'({"/".join(sorted(IMAGE_SUFFIXES))}). Restore its images '
                                   f'or remove the folder.')
-        ignored += len(files) - len(images)
+        ignored += others
         paths += images
         labels += [label_of[folder]] * len(images)
     return paths, np.array(labels, np.int64), list(classes), ignored
@@ -301,25 +286,23 @@ def scan_flat(data_dir, labels_csv, classes=None):
         raise ConversionError(f'{table}: not a label CSV: its header must be '
                               f'"ImageId,PredictionString" (Kaggle\'s LOC_val_solution.csv).')
     wnid_of = {r[0]: r[1].split()[0] for r in rows[1:] if len(r) >= 2 and r[1].split()}
-    with os.scandir(root) as entries:
-        files = sorted(e.name for e in entries if e.is_file())
-    images = [f for f in files if not f.startswith('.')
-              and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES]
-    missing = [f for f in images if os.path.splitext(f)[0] not in wnid_of]
+    images, others = image_names(root)
+    wnids = {f: wnid_of.get(os.path.splitext(f)[0]) for f in images}   # None: not in the CSV
+    missing = [f for f in images if wnids[f] is None]
     if missing or not images:
         raise ConversionError(f'{root}: {len(missing)} of {len(images)} images have no row in '
                               f'{table} (first: {missing[:3]}); data_dir and the CSV must '
                               f'be the same val set.' if images else
                               f'{root}: no images. data_dir must hold the val images.')
-    classes = classes or sorted(set(wnid_of[os.path.splitext(f)[0]] for f in images))
+    classes = classes or sorted(set(wnids.values()))
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(wnid_of[os.path.splitext(f)[0]] for f in images) - set(index))
+    unknown = sorted(set(wnids.values()) - set(index))
     if unknown:
         raise ConversionError(f'{table}: class {unknown[0]} is not in the classes_from list; '
                               f'pass the train .beton converted from the same ImageNet.')
-    labelled = sorted((index[wnid_of[os.path.splitext(f)[0]]], f) for f in images)
+    labelled = sorted((index[wnids[f]], f) for f in images)
     return ([root / f for _, f in labelled], np.array([k for k, _ in labelled], np.int64),
-            list(classes), len(files) - len(images))
+            list(classes), others)
 
 
 def minival_mask(paths, labels, fraction, seed):
