@@ -467,9 +467,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.current_lr
 
+        def nchw(images):   # NHWC -> NCHW (a channels-last view) unless already NCHW
+            return images.permute(0, 3, 1, 2) if self.train_images_nhwc else images
+
         def prepared(images, targets):
-            if self.train_images_nhwc:
-                images = images.permute(0, 3, 1, 2)  # NHWC -> NCHW (a channels-last view)
+            images = nchw(images)
             if self.step == nonfinite_at_step:
                 images = images * float("nan")
             return images, targets
@@ -485,8 +487,7 @@ class Trainer:
                 yield prepared(*more)
 
         if self.probe is None:  # a few real images: checkpoints.nonfinite runs the model on them
-            images = batch[0].permute(0, 3, 1, 2) if self.train_images_nhwc else batch[0]
-            self.probe = images[:8].detach().clone()
+            self.probe = nchw(batch[0])[:8].detach().clone()
             if self.resumed_from is not None:
                 self.check_resumed_state(precision)
         if self.accum == 1:

@@ -3,8 +3,9 @@
 train_vit.py runs as one rank of `torchrun --nproc_per_node=N` (on one node or several),
 as one task of `srun` under SLURM (one process per GPU: SLURM_PROCID, SLURM_NTASKS and
 SLURM_LOCALID stand in for torchrun's variables; MASTER_ADDR names the first node), or as a
-plain `python train_vit.py` (one process, no process group). A single torchrun process still forms a process group and wraps the model in DDP:
-the path an 8-GPU run takes, testable on one GPU.
+plain `python train_vit.py` (one process, no process group). A single torchrun process
+still forms a process group and wraps the model in DDP: the path an 8-GPU run takes,
+testable on one GPU.
 
 The ranks agree on flags (a SIGTERM, a non-finite value) at every step. On a GPU those
 votes go over a second, gloo (CPU) group: a vote over nccl would wait for the GPU and end
