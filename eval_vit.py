@@ -5,9 +5,10 @@ decode, area resize of the shorter side to 256, centre crop 224, value_range(-1,
     python eval_vit.py runs/s16_90ep --val /data/ffcv/val.beton --real --v2 /data/ffcv/v2.beton
     python eval_vit.py vit_s16_i1k_90ep.npz --variant S/16 --val /data/ffcv/val.beton --real
 
-The model: a train_vit.py logging folder (or its checkpoint.pt), or big_vision's own
-published checkpoint (.npz; the paper's 76.5 / 83.1 / 64.2 top-1 at 90 epochs on val, ReaL,
-v2 are its figures). Prints one line per set and writes nothing.
+The model: a train_vit.py logging folder (or its checkpoint.pt), an export_vit.py
+.safetensors, or big_vision's own published checkpoint (.npz; the paper's 76.5 / 83.1 /
+64.2 top-1 at 90 epochs on val, ReaL, v2 are its figures). Prints one line per set and
+writes nothing.
 """
 import os
 import sys

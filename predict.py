@@ -5,7 +5,7 @@
     python predict.py vit_s16_i1k_90ep.npz --variant S/16 photo.jpg --top 3
 
 The model: a train_vit.py logging folder (or its checkpoint.pt, which carries its class
-list), or big_vision's published .npz. Classes are printed as wnids with their ImageNet
+list), an export_vit.py .safetensors, or big_vision's published .npz. Classes are printed as wnids with their ImageNet
 names when timm is installed (`pip install timm`: its offline wnid -> name table); a
 big_vision .npz without timm prints class indices. Folders are searched recursively for
 image files.
