@@ -17,7 +17,7 @@ its figures last; README's speed table is made of their output and nothing else.
                                 # batch (decode + augment) and the batch equal to the CPU twin's
 
 Every command runs on CPU too (with a tiny --variant); none changes the recipe: `step` and
-`full` time train_vit's own optimization step, `loader` train_vit's own pipelines.
+`full` time the trainer's own optimization step, `loader` train_vit's own pipelines.
 """
 import argparse
 import statistics
@@ -70,21 +70,21 @@ def flash_attention_status(device, shape):
 def bench_step(variant, batch_size, steps, warmup, compile, device, img_size=224,
                num_classes=1000, precision="bf16", compile_mode="reduce-overhead", profile=0,
                patch_matmul=True):
-    """Images/s of train_vit's optimization step on a synthetic batch already on the device,
-    the optimizer's share of the step time, the recompiles after the first step, and with
-    profile > 0 the kernels of that many profiled steps, by device time."""
-    import train_vit
+    """Images/s of the trainer's optimization step (train/step.py) on a synthetic batch
+    already on the device, the optimizer's share of the step time, the recompiles after the
+    first step, and with profile > 0 the kernels of that many profiled steps, by device time."""
+    from vit_speedrun.train import step as train_step
     model = vit.ViT(variant, num_classes=num_classes, img_size=img_size).to(device)
     model.patch_matmul = patch_matmul
-    optimizer = train_vit.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", device.type)
+    optimizer = train_step.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", device.type)
     params = [p for p in model.parameters() if p.requires_grad]
-    run_model = train_vit.compile_model(model, compile_mode) if compile else model
+    run_model = train_step.compile_model(model, compile_mode) if compile else model
     images = torch.rand(batch_size, 3, img_size, img_size, device=device) * 2 - 1
     targets = torch.softmax(torch.randn(batch_size, num_classes, device=device), dim=-1)
 
     def step():
-        return train_vit.optimization_step(run_model, optimizer, params, images, targets,
-                                           precision, 1.0)
+        return train_step.optimization_step(run_model, optimizer, params, images, targets,
+                                            precision, 1.0)
 
     compile_start = time.perf_counter()
     step()

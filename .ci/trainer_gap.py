@@ -1,12 +1,12 @@
 """Where the trainer's time per step goes beyond `benchmark.py step`'s: one process, one
-DDP rank (nccl on a GPU, gloo on a CPU), train_vit's own optimization step; each row adds
+DDP rank (nccl on a GPU, gloo on a CPU), the trainer's own optimization step; each row adds
 one thing the trainer does per step. Run on a lent GPU box (README "Speed"), not by CI:
 
     python .ci/trainer_gap.py                    # ViT-S/16, batch 128, compiled (CUDA graphs)
 
 Rows: the bare step; + the loader's share on the device (lr set, the uint8 batch copied
 from pinned memory, ffcv_ops.DeviceNormalizeMixup, report.SpeedWindows' loss sums);
-DDP with PyTorch's defaults, then as the trainer wraps it (train_vit.wrap_ddp); and with
+DDP with PyTorch's defaults, then as the trainer wraps it (train/step.py's wrap_ddp); and with
 busy CPU processes standing in for the loader threads. ms per step, median of 3 timings.
 """
 import argparse
@@ -23,7 +23,7 @@ import torch.distributed as dist  # noqa: E402
 
 from vit_speedrun.pp import ffcv_ops  # noqa: E402
 from vit_speedrun.train import report  # noqa: E402
-import train_vit  # noqa: E402
+from vit_speedrun.train import step as train_step  # noqa: E402
 from vit_speedrun.models import vit  # noqa: E402
 
 
@@ -53,14 +53,14 @@ def main(argv=None):
     def make(ddp):
         torch.manual_seed(0)
         raw = vit.ViT(args.variant, num_classes=1000, img_size=s).to(dev)
-        opt = train_vit.build_optimizer(raw, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", dev.type)
+        opt = train_step.build_optimizer(raw, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", dev.type)
         params = [q for q in raw.parameters() if q.requires_grad]
-        model = train_vit.compile_model(raw, "reduce-overhead") if cuda else raw
+        model = train_step.compile_model(raw, "reduce-overhead") if cuda else raw
         if ddp == "default":
             model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev] if cuda else None)
         elif ddp == "trainer":
-            model = train_vit.wrap_ddp(model, dev)
+            model = train_step.wrap_ddp(model, dev)
         return model, opt, params
 
     u8_host = torch.randint(0, 256, (n, s, s, 3), dtype=torch.uint8)
@@ -80,8 +80,8 @@ def main(argv=None):
                     g["lr"] = 1e-3 * (1 + i % 7) / 7
                 # the loader's device tail on a fresh copy of the uint8 batch
                 images = mix(u8_host.to(dev, non_blocking=True).permute(0, 3, 1, 2), buffers)
-            loss, norm = train_vit.optimization_step(model, opt, params, images, targets,
-                                                     "bf16", 1.0)
+            loss, norm = train_step.optimization_step(model, opt, params, images, targets,
+                                                      "bf16", 1.0)
             if extras:
                 sums.add(loss, norm)
         for i in range(8):

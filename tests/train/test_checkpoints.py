@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vit_speedrun.train import checkpoints
-import train_vit
 from vit_speedrun.models import vit
+from vit_speedrun.train.step import build_optimizer
 
 CPU = torch.device("cpu")
 
@@ -17,7 +17,7 @@ def _run(step):
     """A model, its optimizer after one step, and their checkpoint dict at `step`."""
     torch.manual_seed(step)
     model = vit.ViT("mu/8", num_classes=4, img_size=32)
-    optimizer = train_vit.build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", "cpu")
+    optimizer = build_optimizer(model, 1e-3, 0.1, (0.9, 0.999), 1e-8, "auto", "cpu")
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     optimizer.step()
     state = checkpoints.capture(model, optimizer, step=step, steps_per_epoch=5, world_size=1,

@@ -1,2 +1,2 @@
-"""The trainer's settings (config.py) and helpers: loaders, evaluation, checkpoints, ranks,
-what a run writes."""
+"""The trainer's settings (config.py) and parts: the optimization step, loaders, evaluation,
+checkpoints, ranks, what a run writes."""
