@@ -71,8 +71,10 @@ def default_loader_threads():
     return max(1, cores - 1)
 
 
-class Trainer:
-    """One training run; the methods below come in the order they run."""
+class Run:
+    """One training run as its settings describe it, built in __init__ in the order of the
+    methods below: the ranks, the checked input files, the loaders, the model, the optimizer,
+    the state resumed from a checkpoint, and the run's log. Trainer trains it."""
 
     def __init__(self, config, started=None):
         self.config = config
@@ -97,12 +99,8 @@ class Trainer:
         self.ranks = r = Ranks()
         self.rank, self.world_size, self.device = r.rank, r.world_size, r.device
         self.distributed, self.is_main = r.distributed, r.is_main
-        for name, value in (("training.batch_size", batch_size), ("eval.batch_size", eval_batch_size)):
-            if value <= 0 or value % self.world_size:
-                raise ConfigError(f"{name}={value} does not split evenly over {self.world_size} "
-                                  f"ranks: use a positive multiple of {self.world_size}")
-        self.batch_per_rank = batch_size // self.world_size
-        self.eval_batch_per_rank = eval_batch_size // self.world_size
+        self.batch_per_rank = r.per_rank("training.batch_size", batch_size)
+        self.eval_batch_per_rank = r.per_rank("eval.batch_size", eval_batch_size)
         self.accum = grad_accum
         if self.batch_per_rank % grad_accum:
             raise ConfigError(f"training.grad_accum={grad_accum} does not split the batch of "
@@ -297,6 +295,12 @@ class Trainer:
                       f" Scale optimizer.warmup_steps with the run (the recipe warms up over 9% "
                       f"of its steps).", file=sys.stderr, flush=True)
 
+
+class Trainer(Run):
+    """Trains a Run: the loop, one optimizer step, and what comes between steps (the log,
+    evals, checkpoints, the SIGTERM and non-finite stops, the summary at the end). The
+    methods below come in the order they run."""
+
     @param("logging.log_every")
     @param("logging.checkpoint_every")
     @param("eval.every")
@@ -321,18 +325,10 @@ class Trainer:
                                                  first_step * self.accum)
                 try:
                     while self.step < self.stop_step:
-                        if self.speed.start is None:
-                            self.speed.start = time.perf_counter()
-                        t0 = time.perf_counter()
-                        self.host_lead.wait()
-                        self.speed.gpu_wait += time.perf_counter() - t0
-                        t0 = time.perf_counter()
-                        batch = next(batches, None)
+                        batch = self.speed.fetch(batches, self.host_lead)
                         if batch is None:
                             loaders.raise_if_failed(batches)
                             break
-                        self.speed.data_wait += time.perf_counter() - t0
-                        self.host_lead.mark()
                         self.train_step(batch, batches)
                         self.step += 1
                         if self.step == self.session_first_step + 1:
@@ -391,16 +387,6 @@ class Trainer:
                 images = images * float("nan")
             return images, targets
 
-        def micro_batches():
-            yield prepared(*batch)
-            for j in range(1, self.accum):
-                more = next(batches, None)
-                if more is None:
-                    loaders.raise_if_failed(batches)
-                    raise RuntimeError(f"the epoch ended after {j} of the {self.accum} "
-                                       f"micro-batches of step {self.step + 1}")
-                yield prepared(*more)
-
         if self.probe is None:  # a few real images: checkpoints.nonfinite runs the model on them
             self.probe = nchw(batch[0])[:8].detach().clone()
             if self.resumed_from is not None:
@@ -409,9 +395,10 @@ class Trainer:
             loss, grad_norm = optimization_step(self.model, self.optimizer, self.params,
                                                 *prepared(*batch), precision, grad_clip_norm)
         else:
-            loss, grad_norm = accumulation_step(self.model, self.optimizer, self.params,
-                                                micro_batches(), self.accum, precision,
-                                                grad_clip_norm)
+            micro = (prepared(*b) for b in loaders.micro_batches(batch, batches, self.accum,
+                                                                  self.step + 1))
+            loss, grad_norm = accumulation_step(self.model, self.optimizer, self.params, micro,
+                                                self.accum, precision, grad_clip_norm)
         self.speed.add(loss, grad_norm)
 
     def check_resumed_state(self, precision):

@@ -74,6 +74,20 @@ def epoch_batches(loader):
     raise_if_failed(epoch_iterator)
 
 
+def micro_batches(first, batches, k, step):
+    """The k micro-batches of optimizer step `step` (training.grad_accum = k): `first`, then
+    the next k - 1 of the epoch iterator `batches`, each taken only once the one before was
+    used (the loader reuses their memory)."""
+    yield first
+    for j in range(1, k):
+        more = next(batches, None)
+        if more is None:
+            raise_if_failed(batches)
+            raise RuntimeError(f"the epoch ended after {j} of the {k} micro-batches of "
+                               f"step {step}")
+        yield more
+
+
 def stop_iterator(batches):
     """End an ffcv epoch iterator left mid-epoch: its thread may block on a full queue."""
     batches.close()

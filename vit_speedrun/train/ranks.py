@@ -68,6 +68,15 @@ class Ranks:
                                     device_id=self.device if cuda else None)
             self.cpu_group = dist.new_group(backend="gloo") if cuda else dist.group.WORLD
 
+    def per_rank(self, name, global_batch):
+        """Each rank's share of the global batch setting `name`; a ConfigError when it does
+        not split evenly."""
+        if global_batch <= 0 or global_batch % self.world_size:
+            raise ConfigError(f"{name}={global_batch} does not split evenly over "
+                              f"{self.world_size} ranks: use a positive multiple of "
+                              f"{self.world_size}")
+        return global_batch // self.world_size
+
     def any(self, flag):
         """True on every rank if `flag` is true on any (a vote over the CPU group)."""
         if self.world_size == 1:

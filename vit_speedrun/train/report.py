@@ -91,6 +91,22 @@ class SpeedWindows:
         self.steps = 0  # in the loss window, those carried over from a checkpoint included
         self.timed_steps, self.data_wait, self.gpu_wait, self.start = 0, 0.0, 0.0, None
 
+    def fetch(self, batches, host_lead):
+        """The next batch of the epoch iterator `batches` (None at its end), paced by
+        host_lead (loaders.HostLead). The window's clock starts at its first fetch; the
+        time spent waiting for the device and for the loader goes to gpu_wait and data_wait."""
+        if self.start is None:
+            self.start = time.perf_counter()
+        t0 = time.perf_counter()
+        host_lead.wait()
+        t1 = time.perf_counter()
+        self.gpu_wait += t1 - t0
+        batch = next(batches, None)
+        if batch is not None:
+            self.data_wait += time.perf_counter() - t1
+            host_lead.mark()
+        return batch
+
     def add(self, loss, grad_norm):
         """One step's loss and grad norm (device tensors)."""
         self.loss += loss
