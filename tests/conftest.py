@@ -72,6 +72,35 @@ def beton(dataset, tmp_path_factory):
     return path
 
 
+# The trainer's tiny runs (tiny_runs.py), built once per session: the tests of train_vit.py,
+# eval_vit.py, predict.py and the trackers share them.
+@pytest.fixture(scope="session")
+def splits(tmp_path_factory):
+    """{name: path} of the tiny splits' .beton files (tiny_runs.write_splits)."""
+    from tiny_runs import write_splits
+    return write_splits(tmp_path_factory.mktemp("splits"))
+
+
+@pytest.fixture(scope="session")
+def reference(splits, tmp_path_factory):
+    """The folder of one uninterrupted 12-step run (tiny_runs.args)."""
+    import train_vit
+    from tiny_runs import args
+    folder = tmp_path_factory.mktemp("reference")
+    assert train_vit.main(args(splits, folder)) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def two_ranks(splits, tmp_path_factory):
+    """(folder, finished process) of one unbroken tiny_runs.torchrun_two_ranks run."""
+    from tiny_runs import torchrun_two_ranks
+    folder = tmp_path_factory.mktemp("two_ranks") / "ddp"
+    proc = torchrun_two_ranks(splits, folder)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return folder, proc
+
+
 def pytest_configure(config):
     # numba's dispatcher finaliser raises KeyError when the per-Loader decoder dispatchers
     # FFCV 1.0.2 creates are garbage-collected (harmless, ignored by Python; seen with

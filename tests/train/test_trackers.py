@@ -1,7 +1,7 @@
 """train/trackers.py through the trainer: TensorBoard's events and W&B's offline run hold
 log.jsonl's records under the trainer's steps, and a resumed run continues both axes.
 
-The run of test_train_vit.py's `args` (12 steps of ViT-mu/8, evals every 5), stopped at
+The run of tiny_runs.py's `args` (12 steps of ViT-mu/8, evals every 5), stopped at
 step 8 and resumed from its step-5 checkpoint, as after a crash between checkpoints: the
 second session relogs steps 6 to 8, which log.jsonl and TensorBoard then hold once."""
 import json
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from test_train_vit import args, data, read_log  # noqa: F401 (data: the fixture)
+from tiny_runs import args, read_log
 import train_vit
 from vit_speedrun.cli import ConfigError
 from vit_speedrun.train import checkpoints, trackers
@@ -59,12 +59,12 @@ def offline_wandb(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
 
 
-def test_trackers_follow_the_log_across_a_resume(data, tmp_path, offline_wandb):  # noqa: F811
+def test_trackers_follow_the_log_across_a_resume(splits, tmp_path, offline_wandb):
     folder = tmp_path / "run"
     on = ["--logging.tensorboard=1", "--logging.wandb=1", "--logging.wandb_project=tests"]
-    assert train_vit.main(args(data, folder, *on, "--training.max_steps=8")) == 0
+    assert train_vit.main(args(splits, folder, *on, "--training.max_steps=8")) == 0
     os.replace(folder / checkpoints.PREVIOUS, folder / checkpoints.CURRENT)   # back to step 5
-    assert train_vit.main(args(data, folder, *on, "--training.max_steps=10")) == 0
+    assert train_vit.main(args(splits, folder, *on, "--training.max_steps=10")) == 0
     log = read_log(folder)
     train = {r["step"]: r for r in log if "train_loss" in r}
     evals = {r["step"]: r for r in log if "minival_top1" in r}
@@ -96,7 +96,7 @@ def test_trackers_follow_the_log_across_a_resume(data, tmp_path, offline_wandb):
     assert {"final/minival_top1", "img_per_s", "steps"} <= keys
 
 
-def test_a_missing_tracker_package_is_a_config_error(data, tmp_path, monkeypatch, capsys):  # noqa: F811
+def test_a_missing_tracker_package_is_a_config_error(splits, tmp_path, monkeypatch, capsys):
     import importlib.util
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -104,6 +104,6 @@ def test_a_missing_tracker_package_is_a_config_error(data, tmp_path, monkeypatch
     with pytest.raises(ConfigError, match="pip install wandb"):
         trackers.check_installed(False, True)
     folder = tmp_path / "run"
-    assert train_vit.main(args(data, folder, "--logging.wandb=1")) == train_vit.EXIT_CONFIG
+    assert train_vit.main(args(splits, folder, "--logging.wandb=1")) == train_vit.EXIT_CONFIG
     assert "logging.wandb=true needs the wandb package" in capsys.readouterr().err
     assert not folder.exists()                                  # stopped before any work
