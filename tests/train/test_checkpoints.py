@@ -1,6 +1,7 @@
 """train/checkpoints.py: the rotation that keeps a good checkpoint on disk at every moment, a kill
-at any point of it, and the finite check. Its use by the trainer (lr=1e38, cut-short and
-foreign checkpoints) is tested through train_vit.main in test_train_vit.py."""
+at any point of it, and the finite check. Its use by the trainer is tested through
+train_vit.main: lr=1e38 in test_train_vit.py, cut-short and foreign checkpoints in
+test_train_vit_settings.py."""
 import os
 
 import pytest

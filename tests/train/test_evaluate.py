@@ -1,5 +1,5 @@
 """train/evaluate.py's ReaL metric; the eval sets and loaders are tested through
-train_vit.main and eval_vit.py in test_train_vit.py."""
+train_vit.main in test_train_vit.py and through eval_vit.py in test_eval_vit.py."""
 import torch
 
 from vit_speedrun.train import evaluate

@@ -1,5 +1,6 @@
-"""train/step.py: big_vision's schedule, AdamW's decay on kernels only, the global-norm clip,
-the soft-target loss, and the trainer's DDP wrapping (the same numbers as PyTorch's default).
+"""train/step.py: big_vision's schedule and the recipe's step count, AdamW's decay on kernels
+only, the global-norm clip, the soft-target loss, and the trainer's DDP wrapping (the same
+numbers as PyTorch's default).
 The step inside whole runs is tested through train_vit.main in test_train_vit.py."""
 import math
 
