@@ -124,14 +124,20 @@ class HostLead:
             self.event = torch.cuda.Event()
             self.event.record()
 
+    def take(self, batches):
+        """The next batch of an ffcv epoch iterator (None at its end), marked; wait() first."""
+        batch = next(batches, None)
+        if batch is not None:
+            self.mark()
+        return batch
+
     def paced(self, batches):
         """Yield from an ffcv epoch iterator with wait()/mark() around each batch."""
         while True:
             self.wait()
-            batch = next(batches, None)
+            batch = self.take(batches)
             if batch is None:
                 return
-            self.mark()
             yield batch
 
 

@@ -101,10 +101,9 @@ class SpeedWindows:
         host_lead.wait()
         t1 = time.perf_counter()
         self.gpu_wait += t1 - t0
-        batch = next(batches, None)
+        batch = host_lead.take(batches)
         if batch is not None:
             self.data_wait += time.perf_counter() - t1
-            host_lead.mark()
         return batch
 
     def add(self, loss, grad_norm):
