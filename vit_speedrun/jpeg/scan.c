@@ -275,7 +275,7 @@ int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t 
   for (ci = 0; ci < S->ns; ci++) if (!W->ac[S->ta[ci]].size[0]) return 0; /* no EOB */
   if (!jw_get_var(&p, end, &v) || v != 1 || !jw_get_var(&p, end, &group) || group < 1 ||
       group > 65535 || !jw_get_var(&p, end, &npts) || !jw_get_var(&p, end, &ns) ||
-      (int)ns != S->ns)
+      ns != (uint64_t)S->ns)
     return 0;
   W->group = (int)group;
   W->ng = ng = (S->L.mcus_x + W->group - 1) / W->group;
@@ -302,7 +302,9 @@ int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t 
     if (!jw_get_var(&p, end, &v)) goto fail;
     pos += v;
     for (ci = 0; ci < S->ns; ci++) {
-      if (!jw_get_var(&p, end, &v)) goto fail;
+      /* a change of more than 2 * 65535 (zigzag 4 * 65535) leaves the range below; refused
+       * first, as the sum could overflow */
+      if (!jw_get_var(&p, end, &v) || v > 4 * 65535) goto fail;
       pred[ci] += jw_unzig(v);
       if (pred[ci] > 65535 || pred[ci] < -65535) goto fail;
     }

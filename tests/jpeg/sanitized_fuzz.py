@@ -1,0 +1,218 @@
+"""Damaged and crafted files through every C entry point of vit_speedrun/jpeg (window.c,
+scan.c, plan.c), for a library built with AddressSanitizer and UBSan (no recovery).
+
+Why. The other fuzz tests see a crash or a wrong pixel; a read a few bytes past a file, or
+an integer overflow that happens to wrap into a refusal, passes them silently and can still
+take a loader thread down on another machine or compiler. Here each file sits in a malloc
+block of exactly its size, so the sanitizer reports a read one byte past it, and undefined
+behaviour aborts. tests/jpeg/test_window_sanitized.py builds the library and runs
+
+  python sanitized_fuzz.py LIBRARY MUTANTS SEED     # prints "fuzzed N files" and counts
+  python sanitized_fuzz.py LIBRARY --past-the-end   # must be reported: the sanitizer is on
+
+under LD_PRELOAD of libasan and libubsan (Python itself is not instrumented). libjpeg is not
+instrumented either: what is checked is our code, and the sizes it hands to libjpeg.
+"""
+import ctypes
+import json
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
+from vit_speedrun.jpeg import window as jw             # noqa: E402
+from vit_speedrun.jpeg.device import record as R       # noqa: E402
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+COUNTS = ("files", "no header", "pixels", "refused", "index path", "planned")
+
+
+class Exact:
+    """bytes in a malloc block of exactly their length, as a uint8 array (freed on exit)."""
+
+    def __init__(self, data):
+        self.data = bytes(data)
+
+    def __enter__(self):
+        self.ptr = libc.malloc(max(len(self.data), 1))
+        ctypes.memmove(self.ptr, self.data, len(self.data))
+        block = (ctypes.c_uint8 * max(len(self.data), 1)).from_address(self.ptr)
+        return np.ctypeslib.as_array(block)[:len(self.data)]
+
+    def __exit__(self, *_):
+        libc.free(self.ptr)
+
+
+def with_index(jpeg, body):
+    """jpeg + an index body with a valid footer (its FNV-1a hash), so a crafted body gets
+    past the hash to the checks behind it."""
+    fnv = 2166136261
+    for c in body:
+        fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
+    return jpeg + bytes(body) + struct.pack("<II", len(body), fnv) + b"JWINDEX1"
+
+
+def varints(body):
+    """[(start, end, value)] of the index body's varints."""
+    out, start, value, shift = [], 0, 0, 0
+    for i, b in enumerate(body):
+        value |= (b & 127) << shift
+        shift += 7
+        if b < 128:
+            out.append((start, i + 1, value))
+            start, value, shift = i + 1, 0, 0
+    return out
+
+
+def overflowing_predictor(jpeg, indexed):
+    """indexed's body with one DC predictor change replaced by the largest one a varint
+    holds in the direction of the running predictor (+-2^63), at the first point where
+    that predictor is not 0: predictor + change overflows int64 unless it is refused first."""
+    body = indexed[len(jpeg):-16]
+    fields = varints(body)
+    ns = fields[3][2]
+    pred = [0] * ns
+    for k, at in enumerate(range(4, len(fields), 1 + ns)):
+        for c in range(ns):
+            start, end, v = fields[at + 1 + c]
+            if k and pred[c]:
+                big = 2 ** 64 - 1 if pred[c] < 0 else 2 ** 64 - 2   # zigzag of -2^63, 2^63-1
+                var = bytes([big >> (7 * i) & 127 | 128 for i in range(9)]) + b"\x01"
+                return with_index(jpeg, body[:start] + var + body[end:])
+            pred[c] += -(v >> 1) - 1 if v & 1 else v >> 1
+    raise ValueError("no point with a non-zero predictor")
+
+
+def decode_all(arr, rng, counts, windows=3):
+    """Every entry point on arr: header, fast_path, jpeg_bytes, decode_window (plain and
+    index path), the device plan (into an exact-size record, sometimes too small), and
+    at times index() and restart()."""
+    counts["files"] += 1
+    jw.fast_path(arr)
+    jw.jpeg_bytes(arr)
+    for transcode in (jw.index, jw.restart):
+        if rng.random() < .3:
+            try:
+                transcode(arr)
+            except ValueError:
+                pass
+    try:
+        h, w = jw.header(arr)
+    except ValueError:
+        counts["no header"] += 1
+        return
+    if h * w > 4e6:
+        return
+    for _ in range(windows):
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        hh, ww = int(rng.integers(1, h - y + 1)), int(rng.integers(1, w - x + 1))
+        try:
+            jw.decode_window(arr, y, x, hh, ww)
+            counts["pixels"] += 1
+        except ValueError:
+            counts["refused"] += 1
+        try:
+            counts["index path"] += jw.decode_window_indexed(arr, y, x, hh, ww) is not None
+        except ValueError:
+            pass
+        cap = R.capacity(h, w, len(arr)) if rng.random() < .8 else 4 * int(rng.integers(0, 2048))
+        with Exact(bytes(cap)) as record:
+            counts["planned"] += R.plan(arr, y, x, hh, ww, record) > 0
+
+
+def mutant(rng, forms):
+    """One damaged or crafted file from a file's forms (original, indexed, restart)."""
+    jpeg, indexed, _ = forms
+    kind = int(rng.integers(0, 6))
+    if kind == 0 and indexed is not None:   # a lying index that passes its hash
+        body = bytearray(indexed[len(jpeg):-16])
+        for _ in range(int(rng.integers(1, 5))):
+            body[rng.integers(0, len(body))] = rng.integers(0, 256)
+        if rng.random() < .2:
+            body = body[:rng.integers(0, len(body) + 1)]
+        return with_index(jpeg, body)
+    present = [form for form in forms if form is not None]
+    src = bytearray(present[rng.integers(0, len(present))])
+    sos = src.find(b"\xff\xda")
+    if kind in (1, 2):   # bytes set anywhere, or in the headers and the scan's start
+        for _ in range(int(rng.integers(1, 5))):
+            at = rng.integers(0, len(src) if kind == 2 else min(max(sos + 30, 2), len(src)))
+            src[at] = rng.integers(0, 256)
+    elif kind == 3:
+        src = src[:rng.integers(0, len(src))]
+    elif kind == 4:      # bytes inserted or deleted
+        at, n = int(rng.integers(0, len(src))), int(rng.integers(1, 20))
+        src[at:at] = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        if rng.random() < .5:
+            del src[at:at + 2 * n]
+    else:                # a 16-bit header field (length, size, count) set to an edge value
+        at = int(rng.integers(0, max(sos, 2) - 1))
+        src[at:at + 2] = struct.pack(">H", int(rng.choice([0, 1, 2, 4, 8, 16, 17, 255, 256,
+                                                          65535])))
+    return bytes(src)
+
+
+def corpus():
+    """[(original, indexed or None, restart transcode or None)]: the golden TF files
+    (baseline, progressive, restart markers) and small files of every chroma layout."""
+    import skimage.data
+    from test_window import SAMPLINGS, _encoded
+    z = np.load(HERE.parent / "data" / "tf_decode.npz")
+    files = [z[f"data_{i}"].tobytes()
+             for i in range(len(json.loads(bytes(z["index_json"]).decode())))]
+    for sampling in [*SAMPLINGS, "gray", "optimized", "progressive"]:
+        for hw in [(17, 40), (40, 7), (1, 1), (33, 50)]:
+            files.append(_encoded(skimage.data.chelsea(), sampling, *hw))
+    out = []
+    for f in files:
+        try:
+            restarted = jw.restart(f)
+        except ValueError:
+            restarted = None
+        out.append((f, jw.index(f), restarted))
+    return out
+
+
+def main():
+    library = Path(sys.argv[1])
+    jw.ensure_built = lambda: library   # window.py and record.py bind through it
+    if sys.argv[2] == "--past-the-end":
+        fnv = ctypes.CDLL(str(library)).jw_fnv
+        fnv.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        with Exact(b"0123456789abc") as arr:
+            print("in bounds", fnv(arr.ctypes.data, 13), flush=True)
+            print("past the end", fnv(arr.ctypes.data, 14), flush=True)
+        return
+    mutants, rng = int(sys.argv[2]), np.random.default_rng(int(sys.argv[3]))
+    counts = dict.fromkeys(COUNTS, 0)
+    files = corpus()
+    small = [forms for forms in files if len(forms[0]) < 20000]
+    for forms in files:                 # every form of every file, undamaged
+        for form in forms:
+            if form is not None:
+                with Exact(form) as arr:
+                    decode_all(arr, rng, counts)
+    for jpeg, indexed, _ in files:      # the overflowing predictor change, each indexed file
+        if indexed is not None:
+            with Exact(overflowing_predictor(jpeg, indexed)) as arr:   # refused: plain path
+                h, w = jw.header(arr)
+                box = (h - 1, w - 1, 1, 1)   # the index is walked to its last point
+                assert jw.decode_window_indexed(arr, *box) is None
+                assert (jw.decode_window(arr, *box) == jw.decode_window(jpeg, *box)).all()
+                with Exact(bytes(R.capacity(h, w, len(arr)))) as record:
+                    assert R.plan(arr, *box, record) == R.PLAN_CPU
+                decode_all(arr, rng, counts)
+    for i in range(mutants):            # mostly small files: many more mutants per second
+        pool = files if i % 10 == 0 else small
+        with Exact(mutant(rng, pool[rng.integers(0, len(pool))])) as arr:
+            decode_all(arr, rng, counts, windows=2)
+    print(f"fuzzed {counts['files']} files:", json.dumps(counts), flush=True)
+
+
+if __name__ == "__main__":
+    main()
