@@ -11,7 +11,7 @@ JPEG_SO := build/libjpeg_window.so
 # Numba's on-disk cache: compiled kernels survive between runs of the suite and the demo.
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
 
-.PHONY: install sysdeps test demo clean jpeg-bundle gpu-wheels
+.PHONY: install sysdeps test demo clean jpeg-bundle gpu-wheels fuzz
 
 install: $(STAMP) $(JPEG_SO)
 
@@ -65,6 +65,20 @@ gpu-wheels:
 
 test: install
 	$(BIN)/python -m pytest -q tests
+
+# Coverage-guided fuzzing of the C decoder (vit_speedrun/jpeg/*.c) after a change to it:
+# libFuzzer with ASan and UBSan (needs clang: sudo apt-get install clang), from the seeds
+# tests/jpeg/sanitized_fuzz.py writes. A finding is saved as build/fuzz/crash-* (or leak-,
+# timeout-); replay it with `build/fuzz/fuzz_window build/fuzz/crash-...`.
+FUZZ_SECONDS ?= 600
+fuzz: install
+	@command -v clang >/dev/null || { echo "make fuzz needs clang: sudo apt-get install clang"; exit 1; }
+	mkdir -p build/fuzz/corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  -o build/fuzz/fuzz_window tests/jpeg/fuzz_window.c $(wildcard vit_speedrun/jpeg/*.c) -ljpeg
+	$(BIN)/python tests/jpeg/sanitized_fuzz.py --seeds build/fuzz/seeds
+	cd build/fuzz && ./fuzz_window -max_total_time=$(FUZZ_SECONDS) -max_len=60000 \
+	  -rss_limit_mb=4096 -timeout=20 -print_final_stats=1 corpus seeds
 
 # The whole path on scikit-learn's bundled digits: write, convert, train, summary (CPU).
 demo: install

@@ -7,13 +7,16 @@ take a loader thread down on another machine or compiler. Here each file sits in
 block of exactly its size, so the sanitizer reports a read one byte past it, and undefined
 behaviour aborts. tests/jpeg/test_window_sanitized.py builds the library and runs
 
-  python sanitized_fuzz.py LIBRARY MUTANTS SEED     # prints "fuzzed N files" and counts
-  python sanitized_fuzz.py LIBRARY --past-the-end   # must be reported: the sanitizer is on
+  python sanitized_fuzz.py --library LIB --mutants N --seed S   # "fuzzed N files" + counts
+  python sanitized_fuzz.py --library LIB --past-the-end         # must be reported
 
 under LD_PRELOAD of libasan and libubsan (Python itself is not instrumented). libjpeg is not
 instrumented either: what is checked is our code, and the sizes it hands to libjpeg.
+`--seeds DIR` writes the same files as inputs of fuzz_window.c (`make fuzz`).
 """
+import argparse
 import ctypes
+import io
 import json
 import struct
 import sys
@@ -161,6 +164,7 @@ def corpus():
     """[(original, indexed or None, restart transcode or None)]: the golden TF files
     (baseline, progressive, restart markers) and small files of every chroma layout."""
     import skimage.data
+    from PIL import Image
     from test_window import SAMPLINGS, _encoded
     z = np.load(HERE.parent / "data" / "tf_decode.npz")
     files = [z[f"data_{i}"].tobytes()
@@ -168,6 +172,11 @@ def corpus():
     for sampling in [*SAMPLINGS, "gray", "optimized", "progressive"]:
         for hw in [(17, 40), (40, 7), (1, 1), (33, 50)]:
             files.append(_encoded(skimage.data.chelsea(), sampling, *hw))
+    for adobe in (True, False):   # CMYK, converted by window.c with and without the marker
+        cmyk = io.BytesIO()
+        Image.fromarray(skimage.data.chelsea()[:24, :40]).convert("CMYK").save(cmyk, "JPEG")
+        data = cmyk.getvalue()
+        files.append(data if adobe else data.replace(b"\xff\xeeAdobe", b"\xff\xeeAdobf"))
     out = []
     for f in files:
         try:
@@ -178,26 +187,28 @@ def corpus():
     return out
 
 
-def main():
-    library = Path(sys.argv[1])
-    jw.ensure_built = lambda: library   # window.py and record.py bind through it
-    if sys.argv[2] == "--past-the-end":
-        fnv = ctypes.CDLL(str(library)).jw_fnv
-        fnv.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        with Exact(b"0123456789abc") as arr:
-            print("in bounds", fnv(arr.ctypes.data, 13), flush=True)
-            print("past the end", fnv(arr.ctypes.data, 14), flush=True)
-        return
-    mutants, rng = int(sys.argv[2]), np.random.default_rng(int(sys.argv[3]))
+def past_the_end(library):
+    """Read one byte past an exact-size block in the library's code (jw_fnv)."""
+    fnv = ctypes.CDLL(str(library)).jw_fnv
+    fnv.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    with Exact(b"0123456789abc") as arr:
+        print("in bounds", fnv(arr.ctypes.data, 13), flush=True)
+        print("past the end", fnv(arr.ctypes.data, 14), flush=True)
+
+
+def fuzz(mutants, seed):
+    """The undamaged files, the overflowing predictor change, then `mutants` damaged files:
+    prints the counts of what each path did."""
+    rng = np.random.default_rng(seed)
     counts = dict.fromkeys(COUNTS, 0)
     files = corpus()
     small = [forms for forms in files if len(forms[0]) < 20000]
-    for forms in files:                 # every form of every file, undamaged
+    for forms in files:
         for form in forms:
             if form is not None:
                 with Exact(form) as arr:
                     decode_all(arr, rng, counts)
-    for jpeg, indexed, _ in files:      # the overflowing predictor change, each indexed file
+    for jpeg, indexed, _ in files:
         if indexed is not None:
             with Exact(overflowing_predictor(jpeg, indexed)) as arr:   # refused: plain path
                 h, w = jw.header(arr)
@@ -212,6 +223,42 @@ def main():
         with Exact(mutant(rng, pool[rng.integers(0, len(pool))])) as arr:
             decode_all(arr, rng, counts, windows=2)
     print(f"fuzzed {counts['files']} files:", json.dumps(counts), flush=True)
+
+
+def write_seeds(folder, seed=0):
+    """fuzz_window.c's inputs: 9 control bytes, then each form of each corpus file and
+    the overflowing predictor change."""
+    rng, folder = np.random.default_rng(seed), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = corpus()
+    forms = [f for fs in files for f in fs if f is not None and len(f) < 60000]
+    for k, form in enumerate(forms):
+        for copy in range(2):
+            control = rng.integers(0, 256, 9, dtype=np.uint8).tobytes()
+            (folder / f"seed{k:03d}_{copy}").write_bytes(control + form)
+    overflows = [overflowing_predictor(j, ix) for j, ix, _ in files if ix is not None]
+    for k, data in enumerate(overflows):   # window: the last pixel (the index walked whole)
+        h, w = jw.header(data)
+        control = struct.pack("<4HB", h - 1, w - 1, 0, 0, 0)
+        (folder / f"overflow{k:03d}").write_bytes(control + data)
+    print(f"wrote {2 * len(forms) + len(overflows)} seeds to {folder}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--library", type=Path, help="the sanitized libjpeg_window.so")
+    parser.add_argument("--mutants", type=int, default=20000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--past-the-end", action="store_true")
+    parser.add_argument("--seeds", type=Path, help="write fuzz_window.c inputs here, only")
+    args = parser.parse_args()
+    if args.seeds:
+        return write_seeds(args.seeds)
+    if not args.library:
+        parser.error("--library is required (a libjpeg_window.so built with the sanitizers)")
+    library = args.library
+    jw.ensure_built = lambda: library   # window.py and record.py bind through it
+    past_the_end(library) if args.past_the_end else fuzz(args.mutants, args.seed)
 
 
 if __name__ == "__main__":
