@@ -93,8 +93,8 @@ def overflowing_predictor(jpeg, indexed):
 
 def decode_all(arr, rng, counts, windows=3):
     """Every entry point on arr: header, fast_path, jpeg_bytes, decode_window (plain and
-    index path), the device plan (into an exact-size record, sometimes too small), and
-    at times index() and restart()."""
+    index path), the device plan (into an exact-size record, sometimes too small; planned
+    only where the index path decodes), and at times index() and restart()."""
     counts["files"] += 1
     jw.fast_path(arr)
     jw.jpeg_bytes(arr)
@@ -120,12 +120,16 @@ def decode_all(arr, rng, counts, windows=3):
         except ValueError:
             counts["refused"] += 1
         try:
-            counts["index path"] += jw.decode_window_indexed(arr, y, x, hh, ww) is not None
+            indexed = jw.decode_window_indexed(arr, y, x, hh, ww) is not None
+            counts["index path"] += indexed
         except ValueError:
-            pass
+            indexed = True   # the index path, whose smaller JPEG libjpeg refused
         cap = R.capacity(h, w, len(arr)) if rng.random() < .8 else 4 * int(rng.integers(0, 2048))
         with Exact(bytes(cap)) as record:
-            counts["planned"] += R.plan(arr, y, x, hh, ww, record) > 0
+            planned = R.plan(arr, y, x, hh, ww, record) > 0
+        counts["planned"] += planned
+        # the device plans only windows the CPU's index path takes (jw_index_window's checks)
+        assert indexed or not planned, f"planned {(y, x, hh, ww)}, the index path refuses it"
 
 
 def mutant(rng, forms):

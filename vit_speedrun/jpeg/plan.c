@@ -8,7 +8,7 @@
  * The record (int32 words; device/record.py names them): the fixed part below, then
  * P_SEGW words per group, then the bytes. A window gets JW_PLAN_CPU, and the caller decodes
  * it on the CPU (jpeg_window_decode), wherever that decode would not take the index path
- * (the same checks as jw_index_decode, in the same order) or the device could not match
+ * (jw_index_window: the very checks of jw_index_decode) or the device could not match
  * libjpeg: not baseline 8-bit YCbCr or grayscale, an upsampling other than libjpeg's fancy
  * or integral ones, a crop whose subsampled width is under 2 samples (libjpeg then picks
  * its upsampler again), a DC table with a symbol over 15 (libjpeg refuses the file), or a
@@ -118,7 +118,7 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
   struct jw_iwin W;
   if (!data || !rec || cap < 4 * (size_t)P_SEGS) return JW_PLAN_CPU;
   if (!(n0 = jw_index_of(data, size, &body, &blen))) return JW_PLAN_CPU;
-  /* jw_index_decode's checks, in its order: the window at the index's points */
+  /* every check of jw_index_decode (the CPU's index path): the same windows are refused */
   if (!jw_index_window(data, n0, body, blen, y, x, h, w, &W)) return JW_PLAN_CPU;
   out = jw_plan_record(data, n0, &W, y, x, h, w, rec, cap);
   jw_iwin_free(&W);
@@ -129,16 +129,12 @@ long jpeg_window_plan(const uint8_t *data, size_t size, int y, int x, int h, int
 static long jw_plan_record(const uint8_t *data, size_t n0, const struct jw_iwin *W, int y,
                            int x, int h, int w, int32_t *rec, size_t cap) {
   const struct jw_scan *S = &W->S;
-  const struct jw_huff *dc = W->dc;
   struct jw_frame F;
   size_t nbytes = 0, at;
   int r0 = W->r0, c0 = W->c0, c1 = W->c1, g0 = W->g0, rows = W->rows, groups = W->groups,
-      group = W->group, k, ci, b, g, r, hmax, vmax, xal, ow, nseg, tq[4], val[4];
+      group = W->group, k, ci, b, g, r, hmax, vmax, xal, ow, nseg, tq[4];
   int32_t *segs;
   uint8_t *bytes;
-  if ((c1 == S->L.mcus_x - 1 ? S->L.width - c0 * S->L.mcu_w : (c1 - c0 + 1) * S->L.mcu_w) +
-      S->L.mcu_w > 65535)
-    return JW_PLAN_CPU;
   /* what the device needs on top: baseline 8-bit YCbCr (or grayscale), libjpeg's sampling */
   if (!jw_frame_of(data, n0, &F) || F.precision != 8 || F.nf != S->ns || (S->ns != 1 && S->ns != 3))
     return JW_PLAN_CPU;
@@ -215,26 +211,6 @@ static long jw_plan_record(const uint8_t *data, size_t n0, const struct jw_iwin 
         sg[8 + ci] = (int32_t)jw_iw_pred(W, r, g + 1)[ci];
       }
     }
-  }
-  /* jw_index_decode's checks of each row's segment and of the lead MCU it would write */
-  for (r = 0; r < rows; r++) {
-    size_t a = (size_t)segs[P_SEGW * r * groups + 3],
-           e = (size_t)segs[P_SEGW * (r * groups + groups - 1) + 4], i = a >> 3;
-    if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S->L.entropy) ||
-        (r && a < (size_t)segs[P_SEGW * ((r - 1) * groups + groups - 1) + 4]))
-      return JW_PLAN_CPU;
-    for (ci = 0; ci < S->ns; ci++) {
-      int64_t v64 = segs[P_SEGW * r * groups + 5 + ci] -
-                    (r ? segs[P_SEGW * ((r - 1) * groups + groups - 1) + 8 + ci] : 0);
-      if (v64 > 65535 || v64 < -65535) return JW_PLAN_CPU;
-      val[ci] = (int)v64;
-    }
-    for (b = 0; b < S->nb; b++) {
-      int s = b == S->first[S->comp_of[b]] ? jw_category(val[S->comp_of[b]]) : 0;
-      if (s > 15 || !dc[S->td[S->comp_of[b]]].size[s]) return JW_PLAN_CPU;
-    }
-    if (a & 7) i += data[S->L.entropy + i] == 0xFF ? 2 : 1;
-    if (i > (e >> 3)) return JW_PLAN_CPU;
   }
   /* copy each row's bytes (from its first point's byte to its last point's) after the
    * groups, and make the groups' positions bits into those bytes */

@@ -257,8 +257,10 @@ size_t jw_index_of(const uint8_t *d, size_t n, const uint8_t **body, size_t *ble
 }
 
 /* 1 and W (its points allocated: jw_iwin_free) when the window of this indexed file can be
- * cut at its index points, 0 otherwise: the checks that window.c's index path and plan.c
- * both make, in one order. data[0, n0) is the JPEG, body[0, blen) its index. */
+ * cut at its index points and each of its rows copied after a lead MCU (jw_iw_lead), 0
+ * otherwise: every check of window.c's index path and of plan.c, in one place, so that the
+ * device plans exactly the windows the CPU's index path decodes. data[0, n0) is the JPEG,
+ * body[0, blen) its index. */
 int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen, int y,
                     int x, int h, int w, struct jw_iwin *W) {
   struct jw_scan *S = &W->S;
@@ -291,6 +293,10 @@ int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t 
   W->c1 = (W->g1 + 1) * W->group - 1;
   W->c1 = W->c1 >= S->L.mcus_x ? S->L.mcus_x - 1 : W->c1;
   if (W->r1 - W->r0 + 1 == S->L.mcus_y && W->c1 - W->c0 + 1 == S->L.mcus_x) return 0;
+  /* the smaller image is one MCU wider than its columns (the lead MCU): a SOF holds it */
+  if ((W->c1 == S->L.mcus_x - 1 ? S->L.width - W->c0 * S->L.mcu_w
+                                : (W->c1 - W->c0 + 1) * S->L.mcu_w) + S->L.mcu_w > 65535)
+    return 0;
   W->rows = W->r1 - W->r0 + 1;
   W->groups = W->g1 - W->g0 + 1;
   W->pos = malloc((size_t)W->rows * (W->groups + 1) * (sizeof(size_t) + 4 * sizeof(int64_t)));
@@ -316,10 +322,37 @@ int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t 
       memcpy(W->pred + 4 * at, pred, sizeof(pred));
     }
   }
+  for (rr = 0; rr < W->rows; rr++)
+    if (!jw_iw_lead(W, data, n0, rr, (int[4]){0})) goto fail;
   return 1;
 fail:
   jw_iwin_free(W);
   return 0;
+}
+
+/* Row rr of window W as jw_index_decode copies it, after its lead MCU: 1 and the lead's DC
+ * differences in val (the predictors from where row rr - 1's segment ends to where row
+ * rr's starts) when the row's segment lies inside the entropy data data[entropy, n0), starts
+ * where row rr - 1's ends or later, and goes past the byte it shares with the lead, and
+ * the DC tables can code val; 0 otherwise. */
+int jw_iw_lead(const struct jw_iwin *W, const uint8_t *data, size_t n0, int rr, int val[4]) {
+  const struct jw_scan *S = &W->S;
+  size_t a = jw_iw_pos(W, rr, 0), e = jw_iw_pos(W, rr, W->groups), i = a >> 3;
+  int ci, b, s;
+  if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S->L.entropy) ||
+      (rr && a < jw_iw_pos(W, rr - 1, W->groups)))
+    return 0;
+  for (ci = 0; ci < S->ns; ci++) {
+    int64_t v64 = jw_iw_pred(W, rr, 0)[ci] - (rr ? jw_iw_pred(W, rr - 1, W->groups)[ci] : 0);
+    if (v64 > 65535 || v64 < -65535) return 0;
+    val[ci] = (int)v64;
+  }
+  for (b = 0; b < S->nb; b++) {
+    s = b == S->first[S->comp_of[b]] ? jw_category(val[S->comp_of[b]]) : 0;
+    if (s > 15 || !W->dc[S->td[S->comp_of[b]]].size[s]) return 0;
+  }
+  if (a & 7) i += data[S->L.entropy + i] == 0xFF ? 2 : 1; /* past the shared byte */
+  return i <= (e >> 3);
 }
 
 void jw_iwin_free(struct jw_iwin *W) {

@@ -58,6 +58,7 @@ struct jw_iwin {
 int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t blen, int y,
                     int x, int h, int w, struct jw_iwin *W);
 void jw_iwin_free(struct jw_iwin *W);
+int jw_iw_lead(const struct jw_iwin *W, const uint8_t *data, size_t n0, int rr, int val[4]);
 /* point gi (0..groups) of row rr (0..rows - 1): its bit position and its predictors */
 static inline size_t jw_iw_pos(const struct jw_iwin *W, int rr, int gi) {
   return W->pos[(size_t)rr * (W->groups + 1) + gi];

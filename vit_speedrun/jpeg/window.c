@@ -275,16 +275,13 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
   struct jw_out o;
   const uint8_t *d;
   size_t need;
-  int r0, r1, c0, c1, rows, G, sub_h, sub_w, r, ci, b, code = JW_NOINDEX;
+  int r0, r1, c0, c1, rows, G, sub_h, sub_w, r, b, code = JW_NOINDEX;
   uint8_t *sub = NULL;
   if (!jw_index_window(data, n0, body, blen, y, x, h, w, &W)) return JW_NOINDEX;
   r0 = W.r0, r1 = W.r1, c0 = W.c0, c1 = W.c1, rows = W.rows, G = W.groups;
   need = S->L.entropy + 4; /* + the last byte (and its stuffed zero), EOI */
-  for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order, >= 2 bytes */
+  for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order (jw_iw_lead) */
     size_t a = jw_iw_pos(&W, r, 0), e = jw_iw_pos(&W, r, G);
-    if ((e >> 3) <= (a >> 3) || e > 8 * (n0 - S->L.entropy) ||
-        (r && a < jw_iw_pos(&W, r - 1, G)))
-      goto done;
     /* the segment with its first byte stuffed, then the lead MCU (10 blocks of DC and
      * EOB, 7 fillers, and up to 7 bits left by the row before: at most 659 bits, under 96
      * bytes) stuffed */
@@ -295,7 +292,6 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
   sub_h = r1 == S->L.mcus_y - 1 ? S->L.height - r0 * S->L.mcu_h : rows * S->L.mcu_h;
   sub_w = (c1 == S->L.mcus_x - 1 ? S->L.width - c0 * S->L.mcu_w : (c1 - c0 + 1) * S->L.mcu_w) +
           S->L.mcu_w;
-  if (sub_w > 65535) goto done;
   sub[S->L.sof + 5] = (uint8_t)(sub_h >> 8); sub[S->L.sof + 6] = (uint8_t)sub_h;
   sub[S->L.sof + 7] = (uint8_t)(sub_w >> 8); sub[S->L.sof + 8] = (uint8_t)sub_w;
   o.o = sub;
@@ -307,16 +303,12 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
     size_t a = jw_iw_pos(&W, r, 0), e = jw_iw_pos(&W, r, G), i = a >> 3;
     int t = (int)(a & 7), len = o.nb, s, f, fill, val[4];
     /* the lead MCU's DC differences take the predictors from where the previous row's
-     * segment ended (zero at the start) to where this one starts */
-    for (ci = 0; ci < S->ns; ci++) {
-      int64_t v64 = jw_iw_pred(&W, r, 0)[ci] - (r ? jw_iw_pred(&W, r - 1, G)[ci] : 0);
-      if (v64 > 65535 || v64 < -65535) goto done;
-      val[ci] = (int)v64;
-    }
+     * segment ended (zero at the start) to where this one starts; jw_index_window checked
+     * that the DC tables code them and that the segment goes past its first byte */
+    if (!jw_iw_lead(&W, data, n0, r, val)) goto done;
     for (b = 0; b < S->nb; b++) {
       const struct jw_huff *hd = &dc[S->td[S->comp_of[b]]], *ha = &ac[S->ta[S->comp_of[b]]];
       s = b == S->first[S->comp_of[b]] ? jw_category(val[S->comp_of[b]]) : 0;
-      if (s > 15 || !hd->size[s]) goto done;
       len += hd->size[s] + s + ha->size[0];
     }
     fill = ((t - len) % 8 + 8) % 8; /* so that it ends t bits into a byte */
