@@ -26,10 +26,15 @@ int jpeg_window_restart(const uint8_t *, size_t, uint8_t **, size_t *);
 void jpeg_window_free(void *);
 long jpeg_window_plan(const uint8_t *, size_t, int, int, int, int, int32_t *, size_t);
 uint32_t jw_fnv(const uint8_t *p, size_t n);
+int jpeg_window_plan_layout(int32_t *out, int n);
 
-/* record.py's capacity(): the record of any window fits */
+/* record.py's capacity(): the record of any window fits (the record's fixed words and words
+ * per group, P_SEGS and P_SEGW, as the library lays them out) */
 static size_t capacity(int height, int width, size_t size) {
-  return (4 * 1888 + 48 * (size_t)(height / 8 + 2) * (size_t)(width / 8 + 2) + size + 67) / 4 * 4;
+  int32_t layout[16];
+  jpeg_window_plan_layout(layout, 16);
+  return (4 * (size_t)layout[6] + 4 * (size_t)layout[7] * (size_t)(height / 8 + 2) *
+          (size_t)(width / 8 + 2) + size + 67) / 4 * 4;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *in, size_t n) {

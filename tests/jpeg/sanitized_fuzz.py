@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 from vit_speedrun.jpeg import window as jw             # noqa: E402
 from vit_speedrun.jpeg.device import record as R       # noqa: E402
+from test_window import SAMPLINGS, _encoded, _with_index   # noqa: E402
 
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -49,15 +50,6 @@ class Exact:
 
     def __exit__(self, *_):
         libc.free(self.ptr)
-
-
-def with_index(jpeg, body):
-    """jpeg + an index body with a valid footer (its FNV-1a hash), so a crafted body gets
-    past the hash to the checks behind it."""
-    fnv = 2166136261
-    for c in body:
-        fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
-    return jpeg + bytes(body) + struct.pack("<II", len(body), fnv) + b"JWINDEX1"
 
 
 def varints(body):
@@ -86,7 +78,7 @@ def overflowing_predictor(jpeg, indexed):
             if k and pred[c]:
                 big = 2 ** 64 - 1 if pred[c] < 0 else 2 ** 64 - 2   # zigzag of -2^63, 2^63-1
                 var = bytes([big >> (7 * i) & 127 | 128 for i in range(9)]) + b"\x01"
-                return with_index(jpeg, body[:start] + var + body[end:])
+                return _with_index(jpeg, body[:start] + var + body[end:])
             pred[c] += -(v >> 1) - 1 if v & 1 else v >> 1
     raise ValueError("no point with a non-zero predictor")
 
@@ -142,7 +134,7 @@ def mutant(rng, forms):
             body[rng.integers(0, len(body))] = rng.integers(0, 256)
         if rng.random() < .2:
             body = body[:rng.integers(0, len(body) + 1)]
-        return with_index(jpeg, body)
+        return _with_index(jpeg, body)
     present = [form for form in forms if form is not None]
     src = bytearray(present[rng.integers(0, len(present))])
     sos = src.find(b"\xff\xda")
@@ -169,7 +161,6 @@ def corpus():
     (baseline, progressive, restart markers) and small files of every chroma layout."""
     import skimage.data
     from PIL import Image
-    from test_window import SAMPLINGS, _encoded
     z = np.load(HERE.parent / "data" / "tf_decode.npz")
     files = [z[f"data_{i}"].tobytes()
              for i in range(len(json.loads(bytes(z["index_json"]).decode())))]

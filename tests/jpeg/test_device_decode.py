@@ -3,7 +3,6 @@ same kernels' CPU twin on thousands of windows of every chroma layout, the golde
 windows, damaged and crafted files; and the CUDA kernels themselves in numba's simulator."""
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -11,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from test_window import SAMPLINGS, _data, _encoded, _golden_indexable, _random_windows
+from test_window import SAMPLINGS, _data, _encoded, _golden_indexable, _random_windows, \
+    _with_index
 from test_window import golden  # noqa: F401 (the fixture)
 from vit_speedrun.jpeg import window as jw
 from vit_speedrun.jpeg.device import launch
@@ -170,10 +170,7 @@ def test_crafted_index_is_flagged_or_decoded_as_the_cpu_does(golden):  # noqa: F
         bad = bytearray(body)
         for _ in range(int(rng.integers(1, 4))):
             bad[rng.integers(0, len(bad))] = rng.integers(0, 256)
-        fnv = 2166136261
-        for c in bad:
-            fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
-        data = jpeg + bytes(bad) + struct.pack("<II", len(bad), fnv) + b"JWINDEX1"
+        data = _with_index(jpeg, bad)
         y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
         work.append((data, (y, x, int(rng.integers(8, h - y + 1)),
                             int(rng.integers(8, w - x + 1)))))

@@ -3,6 +3,7 @@ tf.image.decode_and_crop_jpeg for windows (tests/data/tf_decode.npz, README ther
 through the numba path the FFCV decoder uses; and fail cleanly on bad input."""
 import io
 import json
+import struct
 import subprocess
 
 import numpy as np
@@ -293,6 +294,15 @@ def test_damaged_restart_files_fail_cleanly(golden):
 
 
 # ------------------------------ window-indexed original bytes (write_mode=original, train)
+def _with_index(jpeg, body):
+    """jpeg + an index body with a valid footer (its FNV-1a hash), as a crafted file would
+    carry one: a lying body gets past the hash to the checks behind it."""
+    fnv = 2166136261
+    for c in body:
+        fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
+    return jpeg + bytes(body) + struct.pack("<II", len(body), fnv) + b"JWINDEX1"
+
+
 def _golden_indexable(z, n):
     """{file: indexed bytes} for the golden files that can be indexed; the others (the
     progressive ones and those with restart markers) must refuse."""
@@ -416,7 +426,6 @@ def test_crafted_window_index_fails_cleanly(golden):
     """An index that passes the hash but lies (mutated, then re-hashed, as a crafted file
     would) gives pixels or a ValueError, never a crash or a read outside the bytes: the
     reader checks every position and predictor it uses."""
-    import struct
     rng = np.random.default_rng(2)
     z, _ = golden
     jpeg = _data(z, 5)
@@ -428,10 +437,7 @@ def test_crafted_window_index_fails_cleanly(golden):
             bad[rng.integers(0, len(bad))] = rng.integers(0, 256)
         if trial % 7 == 0:
             bad = bad[:rng.integers(1, len(bad))]
-        fnv = 2166136261
-        for c in bad:
-            fnv = ((fnv ^ c) * 16777619) & 0xFFFFFFFF
-        data = jpeg + bytes(bad) + struct.pack("<II", len(bad), fnv) + b"JWINDEX1"
+        data = _with_index(jpeg, bad)
         assert jw.fast_path(data) == "index"
         y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
         try:

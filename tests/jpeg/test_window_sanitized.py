@@ -42,7 +42,7 @@ def sanitized(tmp_path_factory):
     assert done.returncode == 0, " ".join(cmd) + "\n" + done.stderr
     env = dict(os.environ, LD_PRELOAD=":".join(map(str, runtimes)),
                ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1",   # Python's own
-               UBSAN_OPTIONS="print_stacktrace=1", NUMBA_DISABLE_JIT="1")
+               UBSAN_OPTIONS="print_stacktrace=1")
     return library, env, cmd, runtimes
 
 
