@@ -294,9 +294,9 @@ int jw_index_window(const uint8_t *data, size_t n0, const uint8_t *body, size_t 
   W->c1 = W->c1 >= S->L.mcus_x ? S->L.mcus_x - 1 : W->c1;
   if (W->r1 - W->r0 + 1 == S->L.mcus_y && W->c1 - W->c0 + 1 == S->L.mcus_x) return 0;
   /* the smaller image is one MCU wider than its columns (the lead MCU): a SOF holds it */
-  if ((W->c1 == S->L.mcus_x - 1 ? S->L.width - W->c0 * S->L.mcu_w
-                                : (W->c1 - W->c0 + 1) * S->L.mcu_w) + S->L.mcu_w > 65535)
-    return 0;
+  W->sub_w = (W->c1 == S->L.mcus_x - 1 ? S->L.width - W->c0 * S->L.mcu_w
+                                       : (W->c1 - W->c0 + 1) * S->L.mcu_w) + S->L.mcu_w;
+  if (W->sub_w > 65535) return 0;
   W->rows = W->r1 - W->r0 + 1;
   W->groups = W->g1 - W->g0 + 1;
   W->pos = malloc((size_t)W->rows * (W->groups + 1) * (sizeof(size_t) + 4 * sizeof(int64_t)));

@@ -52,6 +52,7 @@ struct jw_iwin {
   struct jw_huff dc[4], ac[4];
   uint8_t plan[8][8]; /* jw_fillers' of the first component's AC table */
   int group, ng, r0, r1, g0, g1, c0, c1, rows, groups;
+  int sub_w;      /* the smaller image's width: columns c0..c1 and the lead MCU before them */
   size_t *pos;    /* [rows][groups + 1]; free with jw_iwin_free */
   int64_t *pred;  /* [rows][groups + 1][4] */
 };

@@ -275,10 +275,10 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
   struct jw_out o;
   const uint8_t *d;
   size_t need;
-  int r0, r1, c0, c1, rows, G, sub_h, sub_w, r, b, code = JW_NOINDEX;
+  int r0, r1, c0, rows, G, sub_h, r, b, code = JW_NOINDEX;
   uint8_t *sub = NULL;
   if (!jw_index_window(data, n0, body, blen, y, x, h, w, &W)) return JW_NOINDEX;
-  r0 = W.r0, r1 = W.r1, c0 = W.c0, c1 = W.c1, rows = W.rows, G = W.groups;
+  r0 = W.r0, r1 = W.r1, c0 = W.c0, rows = W.rows, G = W.groups;
   need = S->L.entropy + 4; /* + the last byte (and its stuffed zero), EOI */
   for (r = 0; r < rows; r++) { /* segments inside the entropy data, in order (jw_iw_lead) */
     size_t a = jw_iw_pos(&W, r, 0), e = jw_iw_pos(&W, r, G);
@@ -290,10 +290,8 @@ static int jw_index_decode(const uint8_t *data, size_t n0, const uint8_t *body, 
   if (!(sub = malloc(need + JW_PAD))) goto done;
   memcpy(sub, data, S->L.entropy); /* the header, with the smaller size */
   sub_h = r1 == S->L.mcus_y - 1 ? S->L.height - r0 * S->L.mcu_h : rows * S->L.mcu_h;
-  sub_w = (c1 == S->L.mcus_x - 1 ? S->L.width - c0 * S->L.mcu_w : (c1 - c0 + 1) * S->L.mcu_w) +
-          S->L.mcu_w;
   sub[S->L.sof + 5] = (uint8_t)(sub_h >> 8); sub[S->L.sof + 6] = (uint8_t)sub_h;
-  sub[S->L.sof + 7] = (uint8_t)(sub_w >> 8); sub[S->L.sof + 8] = (uint8_t)sub_w;
+  sub[S->L.sof + 7] = (uint8_t)(W.sub_w >> 8); sub[S->L.sof + 8] = (uint8_t)W.sub_w;
   o.o = sub;
   o.n = S->L.entropy;
   o.acc = 0;
