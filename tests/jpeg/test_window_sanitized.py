@@ -30,8 +30,8 @@ def _runtime(compiler, name):
 @pytest.fixture(scope="module")
 def sanitized(tmp_path_factory):
     """(the library built with the sanitizers, the environment that preloads their
-    runtimes into Python, its compiler command, the runtimes). Skipped where the C compiler has no sanitizer runtime (gcc and
-    clang ship one; Debian's gcc has it, so CI runs this)."""
+    runtimes into Python, its compiler command, the runtimes). Skipped where the C compiler
+    has no sanitizer runtime (gcc and clang ship one; Debian's gcc has it, so CI runs this)."""
     library = tmp_path_factory.mktemp("asan") / "libjpeg_window.so"
     cmd = jw.build_command(library)
     cmd = [cmd[0], *SANITIZE, *(a for a in cmd[1:] if a != "-O2")]
