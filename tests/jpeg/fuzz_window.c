@@ -15,6 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef FUZZ_FILES
+#include <sys/stat.h>
+#endif
 
 int jpeg_window_header(const uint8_t *data, size_t size, int32_t *hw);
 int jpeg_window_decode(const uint8_t *, size_t, int, int, int, int, uint8_t *, int);
@@ -92,19 +95,21 @@ int main(int argc, char **argv) {
   int i, ran = 0;
   for (i = 1; i < argc; i++) {
     FILE *f = fopen(argv[i], "rb");
-    long n;
-    uint8_t *buf;
-    if (!f || fseek(f, 0, SEEK_END) || (n = ftell(f)) < 0 || fseek(f, 0, SEEK_SET)) {
+    struct stat st;
+    size_t n = 0;
+    uint8_t *buf = NULL;
+    /* Only a regular file has a size to trust (ftell on a directory says LONG_MAX); on
+       any error close and free before exiting, so that the sanitizers stay quiet and the
+       exit status is the 2 said here. */
+    if (!f || fstat(fileno(f), &st) || !S_ISREG(st.st_mode) ||
+        !(buf = malloc((n = (size_t)st.st_size) ? n : 1)) || fread(buf, 1, n, f) != n) {
       fprintf(stderr, "fuzz_window: cannot read %s\n", argv[i]);
-      return 2;
-    }
-    buf = malloc(n ? (size_t)n : 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-      fprintf(stderr, "fuzz_window: cannot read %s\n", argv[i]);
+      free(buf);
+      if (f) fclose(f);
       return 2;
     }
     fclose(f);
-    LLVMFuzzerTestOneInput(buf, (size_t)n);
+    LLVMFuzzerTestOneInput(buf, n);
     free(buf);
     ran++;
   }

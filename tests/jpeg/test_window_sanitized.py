@@ -74,7 +74,7 @@ def test_damaged_and_crafted_files_under_the_sanitizers(sanitized):
 def test_the_coverage_fuzzer_harness_runs_its_seeds(sanitized, tmp_path):
     """fuzz_window.c (what `make fuzz` runs under libFuzzer) built with the same compiler
     and sanitizers as a plain program: the seeds `make fuzz` starts from (every file form,
-    the overflowing predictor change) run clean, and a missing file is an error."""
+    the overflowing predictor change) run clean, and a missing or unreadable file is an error."""
     _, env, cmd, _ = sanitized
     program = tmp_path / "fuzz_window"
     sources = [a for a in cmd if a.endswith(".c")]
@@ -96,3 +96,8 @@ def test_the_coverage_fuzzer_harness_runs_its_seeds(sanitized, tmp_path):
     missing = subprocess.run([str(program), str(tmp_path / "nothing")], env=run_env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+    # A directory opens but does not read: the error exits 2 with nothing leaked.
+    unreadable = subprocess.run([str(program), str(tmp_path)], env=run_env,
+                                capture_output=True, text=True)
+    assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr, unreadable.stderr
+    assert "Sanitizer" not in unreadable.stderr, unreadable.stderr
