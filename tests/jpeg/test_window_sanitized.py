@@ -96,7 +96,7 @@ def test_the_coverage_fuzzer_harness_runs_its_seeds(sanitized, tmp_path):
     missing = subprocess.run([str(program), str(tmp_path / "nothing")], env=run_env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
-    # A directory opens but does not read: the error exits 2 with nothing leaked.
+    # A directory opens but has no size to read (ftell says LONG_MAX): exit 2, no report.
     unreadable = subprocess.run([str(program), str(tmp_path)], env=run_env,
                                 capture_output=True, text=True)
     assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr, unreadable.stderr
