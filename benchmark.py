@@ -14,7 +14,7 @@ its figures last; README's speed table is made of their output and nothing else.
   python benchmark.py loader --beton train.beton --where cpu device   # host CPU per image of
                                                       # both train paths (augment.where)
   python benchmark.py device --beton train.beton   # augment.where=device on the GPU: ms per
-                                # batch (decode + augment) and the batch equal to the CPU twin's
+                  # batch (JPEG stage, augment, both) and the batch equal to the CPU twin's
 
 Every command runs on CPU too (with a tiny --variant); none changes the recipe: `step` and
 `full` time the trainer's own optimization step, `loader` train_vit's own pipelines.
@@ -476,9 +476,9 @@ def cmd_storage(args):
 
 def cmd_device(args):
     """augment.where=device's device share on one planned batch: milliseconds per batch of
-    the JPEG and augmentation stages together (wall-clock between device synchronisations;
-    median of --repeats), and whether the device's images equal the CPU twin's, value for
-    value (exit 1 if not)."""
+    the JPEG and augmentation stages, together and apart (wall-clock between device
+    synchronisations; medians of --repeats), and whether the device's images equal the CPU
+    twin's, value for value (exit 1 if not)."""
     import numpy as np
 
     from vit_speedrun.pp.device import ffcv_ops as device_ops
@@ -490,18 +490,24 @@ def cmd_device(args):
     on = rows.to(device)
     got = device_ops.decode_and_augment(on, totals, args.res, planner.layers)
     same = bool(np.array_equal(got.cpu().numpy(), want))
-    times = []
+    total, jpeg, augment = [], [], []
     for _ in range(args.repeats):
+        marks = []
         sync(device)
         start = time.perf_counter()
-        device_ops.decode_and_augment(on, totals, args.res, planner.layers)
+        device_ops.decode_and_augment(on, totals, args.res, planner.layers,
+                                      jpeg_done=lambda: marks.append(time.perf_counter()))
         sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
+        end = time.perf_counter()
+        total.append((end - start) * 1e3)
+        jpeg.append((marks[0] - start) * 1e3)
+        augment.append((end - marks[0]) * 1e3)
     decoded = routes(rows.numpy())[0]
+    med = statistics.median
     print(f"RESULT device {device}: batch {args.batch_size} at {args.res} px ({decoded} decoded "
           f"on the device, {args.batch_size - decoded} on the host), {rows.shape[1]:,} bytes "
-          f"per sample row; decode + augment {statistics.median(times):.2f} ms per batch "
-          f"(median of {args.repeats})")
+          f"per sample row; decode + augment {med(total):.2f} ms per batch (JPEG stage "
+          f"{med(jpeg):.2f} ms, augment {med(augment):.2f} ms; medians of {args.repeats})")
     print(f"device images equal the CPU twin's: {same}")
     return 0 if same else 1
 

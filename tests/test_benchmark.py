@@ -196,7 +196,12 @@ def test_device_command_checks_the_batch_against_the_cpu_twin(photo_folder, tmp_
                            "--repeats", "1", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "device images equal the CPU twin's: True" in out
-    assert number(r"decode \+ augment ([\d.]+) ms per batch", results(out)[-1]) > 0
+    line = results(out)[-1]
+    total = number(r"decode \+ augment ([\d.]+) ms per batch", line)
+    jpeg = number(r"JPEG stage ([\d.]+) ms", line)
+    augment = number(r"augment ([\d.]+) ms;", line)
+    assert total > 0 and jpeg > 0 and augment > 0
+    assert abs(jpeg + augment - total) <= 0.02 + 0.01 * total   # one repeat: the parts add up
 
 
 def test_full_runs_train_vit_steps(photo_folder, tmp_path, capsys):

@@ -196,11 +196,13 @@ class DeviceDecodeAugment(Operation):
         return replace(previous_state, shape=(3, res, res), dtype=torch.float32), (query, query)
 
 
-def decode_and_augment(rows, totals, res, layers):
+def decode_and_augment(rows, totals, res, layers, jpeg_done=None):
     """uint8 [n, res, res, 3] (a torch tensor on the rows' device) from DevicePlanner's rows
     (uint8 [n, budget] torch tensor) and the batch's totals. Raises if the device finds a
     sample whose bytes disagree with its index (a damaged or altered file: convert it again,
-    or train with augment.where=cpu)."""
+    or train with augment.where=cpu). jpeg_done, if given, is called once the JPEG stage has
+    finished (reading its flags waits for the device), so that a benchmark can time the two
+    stages apart without a synchronisation of its own."""
     import torch
     n = rows.shape[0]
     dev = rows.device
@@ -234,7 +236,10 @@ def decode_and_augment(rows, totals, res, layers):
     rec32 = wrap(recs.view(torch.int32))
     JL.run_stages(rec32, rec8, *(wrap(s) for s in starts), n, totals, wrap(tables),
                   wrap(coef), wrap(work), wrap(planes), wrap(decoded), wrap(flags), stream)
-    if int(flags.sum()):
+    failed = int(flags.sum())
+    if jpeg_done is not None:
+        jpeg_done()
+    if failed:
         bad = torch.nonzero(flags).flatten().tolist()
         raise ValueError(f"augment.where=device: {len(bad)} sample(s) of this batch (batch "
                          f"positions {bad[:10]}) have entropy-coded bytes that disagree with "
